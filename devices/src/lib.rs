@@ -5,5 +5,6 @@
 pub mod abi;
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::BusDevice;

@@ -1,1 +1,63 @@
-fn main() {}
+//! `capsa`: OCI runtime and micro-VMM in one binary.
+
+mod cgroups;
+mod check;
+mod probe;
+mod vm_cmd;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "capsa", version, about = "VM-isolated OCI runtime and KVM micro-VMM")]
+struct Cli {
+    /// Log filter for stderr (tracing env-filter syntax); RUST_LOG also works.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run virtual machines directly.
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCommand),
+    /// Report whether this host can run capsa, and how to fix what is missing.
+    Check,
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,boot_timer=info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    // Taken first so the boot timer measures from (nearly) process start.
+    let start = Instant::now();
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let result = match cli.command {
+        Command::Vm(cmd) => vm_cmd::run(cmd, start),
+        Command::Check => check::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capsa: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

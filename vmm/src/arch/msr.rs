@@ -1,0 +1,63 @@
+//! MSR values at boot, as a PC firmware would leave them.
+
+use kvm_bindings::{kvm_msr_entry, Msrs};
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRs enabled, default memory type write-back.
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+/// The boot MSR list: index and value.
+pub const BOOT_MSRS: &[(u32, u64)] = &[
+    (MSR_IA32_SYSENTER_CS, 0),
+    (MSR_IA32_SYSENTER_ESP, 0),
+    (MSR_IA32_SYSENTER_EIP, 0),
+    (MSR_STAR, 0),
+    (MSR_CSTAR, 0),
+    (MSR_KERNEL_GS_BASE, 0),
+    (MSR_SYSCALL_MASK, 0),
+    (MSR_LSTAR, 0),
+    (MSR_IA32_TSC, 0),
+    (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+    (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
+];
+
+/// The boot MSRs as the KVM_SET_MSRS argument.
+pub fn boot_msrs() -> Msrs {
+    let entries: Vec<kvm_msr_entry> = BOOT_MSRS
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    // The list is a small constant, far below the FAM limit.
+    Msrs::from_entries(&entries).expect("boot MSR list fits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_matches_table() {
+        let m = boot_msrs();
+        assert_eq!(m.as_slice().len(), BOOT_MSRS.len());
+        let misc = m.as_slice().iter().find(|e| e.index == MSR_IA32_MISC_ENABLE).unwrap();
+        assert_eq!(misc.data, 1);
+        let mtrr = m.as_slice().iter().find(|e| e.index == MSR_MTRR_DEF_TYPE).unwrap();
+        assert_eq!(mtrr.data, 0x806);
+    }
+}
