@@ -24,7 +24,10 @@
     .set I8042_CMD, 0x64
     .set I8042_RESET, 0xfe
 
-    .set BP_CMD_LINE_PTR, 0x228
+    /* Ring-0 service calls (see sys_entry; numbers shared with sys.rs). */
+    .set SYS_MAGIC, 0x50524f42              /* "PROB" */
+    .set SYS_CPUID, 1
+    .set SYS_TRIPLE_FAULT, 2
 
     .set AP_BASE, 0x30000
     .set AP_STARTED_OFF, 0xff0
@@ -60,47 +63,8 @@ _start:
     mov $TSS_SEL, %ax
     ltr %ax
 
-    /* probe=fault: leave the VMM's empty IDT (limit 0) in place, so the first exception at
-     * ring 3 escalates to a triple fault. Only the first probe= token counts, as at ring 3. */
-    mov BP_CMD_LINE_PTR(%r12), %ebx
-    test %ebx, %ebx
-    jz .Lload_idt
-.Ltoken:
-    movzbl (%rbx), %eax
-    test %eax, %eax
-    jz .Lload_idt
-    cmp $0x20, %eax
-    ja .Lword
-    inc %rbx
-    jmp .Ltoken
-.Lword:
-    mov (%rbx), %rax
-    mov %rax, %rcx
-    shl $16, %rcx
-    movabs $0x3d65626f72700000, %rdx        /* "probe=" in the low 6 bytes, shifted */
-    cmp %rdx, %rcx
-    je .Lprobe_token
-.Lskip:
-    inc %rbx
-    movzbl (%rbx), %eax
-    cmp $0x20, %eax
-    ja .Lskip
-    jmp .Ltoken
-.Lprobe_token:
-    movabs $0x61663d65626f7270, %rdx        /* "probe=fa" */
-    cmp %rdx, %rax
-    jne .Lload_idt
-    cmpw $0x6c75, 8(%rbx)                   /* "ul" */
-    jne .Lload_idt
-    cmpb $0x74, 10(%rbx)                    /* "t" */
-    jne .Lload_idt
-    cmpb $0x20, 11(%rbx)                    /* then NUL or whitespace */
-    ja .Lload_idt
-    movb $1, fault_mode
-    jmp .Lto_ring3
-.Lload_idt:
     lidt idt_ptr
-.Lto_ring3:
+
     /* iretq to ring 3 with interrupts off; RDI = boot_params for ring3_entry. */
     mov %r12, %rdi
     pushq $USER_DS
@@ -151,8 +115,20 @@ isr_stubs:
     .set vec, vec + 1
     .endr
 
-    /* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. Print one line and reset. */
+    /* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. A service call (#UD with the
+     * magic in RAX) goes to sys_entry; anything else prints one line and resets. */
 isr_common:
+    cmpq $6, (%rsp)
+    jne .Lreport
+    push %rax
+    shr $32, %rax
+    cmp $SYS_MAGIC, %eax
+    pop %rax
+    jne .Lreport
+    add $16, %rsp                           /* drop vector and error code */
+    addq $2, (%rsp)                         /* resume after the ud2 */
+    jmp sys_entry
+.Lreport:
     mov 0(%rsp), %r12
     mov 8(%rsp), %r13
     mov 16(%rsp), %r14
@@ -253,6 +229,30 @@ k_putdec:
     dec %ecx
     jnz 2b
     ret
+
+    /*
+     * Ring-0 services for ring 3. PVM turns `int n` at ring 3 into #UD, so a service call
+     * is a `ud2` with RAX = SYS_MAGIC << 32 | service (args in RDI/RSI); isr_common sends
+     * it here with the iretq frame on the stack and RIP already past the ud2.
+     * Needed where ring 3 sees the host instead of the VM: on PVM, CPUID at ring 3 runs
+     * natively and returns the host's values, not the VMM's KVM_SET_CPUID2 table.
+     */
+sys_entry:
+    cmp $SYS_CPUID, %eax
+    jne 1f
+    mov %edi, %eax
+    mov %esi, %ecx
+    cpuid
+    iretq
+1:
+    cmp $SYS_TRIPLE_FAULT, %eax
+    jne 2f
+    /* An empty IDT: the #UD cannot be delivered, nor the #GP and #DF after it. */
+    lidt null_idt_ptr
+    ud2
+2:
+    mov $-1, %rax
+    iretq
 
 /* ------------------------------------------------------------------------------------- */
     .section .rodata.boot, "a", @progbits
@@ -371,9 +371,12 @@ idt_ptr:
     .short idt_end - idt - 1
     .quad idt
 
-    .globl fault_mode
-fault_mode:
-    .byte 0
+    .balign 8
+    .short 0, 0, 0
+null_idt_ptr:
+    .short 0
+    .quad 0
+
     .balign 4
     .globl ap_long_count
 ap_long_count:
@@ -400,6 +403,7 @@ tss:
     .section .data.boot.pagetables, "aw", @progbits
     .balign 4096
     .globl boot_pml4
+    .globl boot_pdpt
 boot_pml4:
     .quad boot_pdpt + 0x7
     .fill 511, 8, 0
@@ -408,6 +412,7 @@ boot_pdpt:
     .quad boot_pd + 0x1000 + 0x7
     .quad boot_pd + 0x2000 + 0x7
     .quad boot_pd + 0x3000 + 0x7
+    /* 4 GiB and up: filled in at ring 3 on demand (paging.rs, high_pds below). */
     .fill 508, 8, 0
 boot_pd:
     .set pde, 0
@@ -421,6 +426,14 @@ boot_pd:
     .endr
 
 /* ------------------------------------------------------------------------------------- */
+    /* Spare page directories for RAM above 4 GiB (PVM offers no 1 GiB pages). Not part of
+     * .bss, so boot does not pay for zeroing them; paging.rs writes every entry it uses. */
+    .section .high_pds, "aw", @nobits
+    .balign 4096
+    .globl high_pds
+high_pds:
+    .skip 28 * 4096
+
     .section .stack, "aw", @nobits
     .balign 4096
     .skip 4096

@@ -16,8 +16,6 @@ pub const AP_STARTED_OFFSET: usize = 0xff0;
 extern "C" {
     static ap_tramp_start: u8;
     static ap_tramp_end: u8;
-    #[link_name = "fault_mode"]
-    static FAULT_MODE: u8;
     #[link_name = "ap_long_count"]
     static AP_LONG_COUNT: AtomicU32;
     static __image_end: u8;
@@ -26,12 +24,6 @@ extern "C" {
 /// First byte after the loaded image, its .bss and its stacks.
 pub fn image_end() -> u64 {
     addr_of!(__image_end) as u64
-}
-
-/// Whether ring 0 saw `probe=fault` and left the VMM's empty IDT loaded.
-pub fn fault_mode() -> bool {
-    // SAFETY: a byte in the image written only by ring 0 before ring 3 started.
-    unsafe { core::ptr::read_volatile(addr_of!(FAULT_MODE)) != 0 }
 }
 
 /// The real-mode AP trampoline, to be copied to [`AP_TRAMPOLINE_BASE`].

@@ -20,9 +20,11 @@ mod io;
 mod line;
 mod machine;
 mod mptable;
+mod paging;
 mod rt;
 mod scenarios;
 mod serial;
+mod sys;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 

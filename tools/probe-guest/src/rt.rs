@@ -70,3 +70,9 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: same contract as memcmp.
     unsafe { memcmp(a, b, n) }
 }
+
+/// The precompiled `core` refers to the unwinding personality from its landing pads; an
+/// unoptimised (dev) build keeps those references. With panic=abort nothing unwinds, so
+/// this is never called.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}

@@ -2,7 +2,7 @@
 
 use super::{Ctx, Outcome};
 use crate::line::LineBuf;
-use crate::{boot, serial};
+use crate::{serial, sys};
 
 /// Just reach ring 3 and report.
 pub fn hello(_: &Ctx) -> Outcome {
@@ -25,13 +25,9 @@ pub fn spin(_: &Ctx) -> Outcome {
     }
 }
 
-/// Triple-fault the vCPU: ring 0 saw `probe=fault` and kept the VMM's IDT, whose limit is
-/// 0, so #UD cannot be delivered, nor the #GP and #DF that follow.
+/// Triple-fault the vCPU (a ring-0 service loads an empty IDT and raises #UD), so the VMM
+/// sees KVM_EXIT_SHUTDOWN.
 pub fn fault(_: &Ctx) -> Outcome {
-    if !boot::fault_mode() {
-        return Err("ring 0 did not arm the fault (probe=fault must be the first probe= token)");
-    }
     serial::println_str("PROBE-FAULT: triple fault next");
-    // SAFETY: deliberately raises #UD; with no IDT the vCPU shuts down and nothing returns.
-    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+    sys::triple_fault()
 }

@@ -1,9 +1,10 @@
 //! What CPUID shows the guest (as set by the VMM with KVM_SET_CPUID2).
 
 use super::{Ctx, Outcome};
-use crate::io::cpuid;
+use crate::io::{self, Cpuid};
 use crate::line::Line;
 use crate::serial;
+use crate::sys;
 
 fn regs_bytes(regs: [u32; 3]) -> [u8; 12] {
     let mut out = [0u8; 12];
@@ -23,12 +24,12 @@ fn sig(l: &mut Line, b: &[u8]) {
     }
 }
 
-pub fn run(_: &Ctx) -> Outcome {
+fn line(prefix: &str, cpuid: fn(u32, u32) -> Cpuid) {
     let l0 = cpuid(0, 0);
     let hv = cpuid(0x4000_0000, 0);
     let l1 = cpuid(1, 0);
     let mut l = Line::new();
-    l.str("PROBE-CPUID: vendor=");
+    l.str(prefix).str(" vendor=");
     sig(&mut l, &regs_bytes([l0.ebx, l0.edx, l0.ecx]));
     l.str(" hypervisor=");
     sig(&mut l, &regs_bytes([hv.ebx, hv.ecx, hv.edx]));
@@ -39,5 +40,12 @@ pub fn run(_: &Ctx) -> Outcome {
         .str(" logical_count=")
         .dec(u64::from((l1.ebx >> 16) & 0xff));
     serial::println(&mut l);
+}
+
+pub fn run(_: &Ctx) -> Outcome {
+    // What the VMM configured: CPUID at ring 0 exits to KVM.
+    line("PROBE-CPUID:", sys::cpuid);
+    // What ring 3 sees directly; differs on PVM, where ring-3 CPUID is not intercepted.
+    line("PROBE-CPUID-RING3:", io::cpuid);
     Ok(())
 }

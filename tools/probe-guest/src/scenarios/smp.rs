@@ -78,19 +78,26 @@ pub fn run(_: &Ctx) -> Outcome {
 
     let hz = tsc_hz();
     let vector = (AP_TRAMPOLINE_BASE >> 12) as u32;
-    let mut targets = 0u32;
+    let aps = || {
+        info.apic_ids
+            .iter()
+            .take(cpus.min(MAX_CPUS))
+            .copied()
+            .filter(move |&id| id != my_id)
+    };
+    let targets = aps().count() as u32;
+    // The MP spec sequence: INIT, 10 ms, SIPI, 200 us, SIPI (ignored by an AP already up),
+    // each step sent to all APs so the waits are paid once.
     let mut ipi_ok = true;
-    for &id in info.apic_ids.iter().take(cpus.min(MAX_CPUS)) {
-        if id == my_id {
-            continue;
-        }
-        targets += 1;
-        // The MP spec sequence: INIT, 10 ms, SIPI, 200 us, SIPI (ignored if already up).
+    for id in aps() {
         ipi_ok &= send_ipi(&lapic, id, ICR_INIT);
-        delay_us(10_000, hz);
-        ipi_ok &= send_ipi(&lapic, id, ICR_STARTUP | vector);
-        delay_us(200, hz);
-        ipi_ok &= send_ipi(&lapic, id, ICR_STARTUP | vector);
+    }
+    delay_us(10_000, hz);
+    for wait_us in [200, 0] {
+        for id in aps() {
+            ipi_ok &= send_ipi(&lapic, id, ICR_STARTUP | vector);
+        }
+        delay_us(wait_us, hz);
     }
 
     let deadline = TIMEOUT_S * hz;
