@@ -4,7 +4,7 @@
  * On PVM every ring-0 instruction is emulated (~2 us each), so ring 0 only switches to the
  * guest's own tables, which are complete in the image (the linker splits the addresses the
  * descriptors need, see link.ld), and drops to ring 3. Exception handlers run at ring 0
- * too, but only on the way to a reset.
+ * too: service calls from ring 3 (sys_entry), anything else on the way to a reset.
  *
  * No braces in this file: global_asm! treats them as operand placeholders.
  */

@@ -1,6 +1,5 @@
 //! Kernel-style command line parsing: whitespace-separated tokens, `key=value` or bare
-//! flags; the first occurrence of a key wins (ring 0 applies the same rule to
-//! `probe=fault`).
+//! flags; the first occurrence of a key wins.
 
 /// A borrowed command line (without its NUL).
 #[derive(Clone, Copy)]

@@ -135,7 +135,8 @@ pub struct Cpuid {
     pub edx: u32,
 }
 
-/// CPUID with a sub-leaf. Unprivileged (no CPUID faulting is set up).
+/// CPUID with a sub-leaf, executed here at ring 3. On PVM (AMD host, no CPUID faulting) it
+/// does not exit and returns the host CPU's values; use `sys::cpuid` for the VM's view.
 pub fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
     let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
     // SAFETY: CPUID only writes the four registers; RBX is reserved by LLVM, so it is
