@@ -575,7 +575,21 @@ fn wrong_data_direction_fails() {
         run_one(&mut e, T_OUT, 0, &[D(DATA, 512, true)]),
         (STATUS_IOERR, 1)
     );
-    // Readable buffer after a writable one.
+    // Readable data after the (writable) status byte: otherwise a well-formed write.
+    let vq = MockSplitQueue::create(&e.mem, GuestAddress(QUEUE_ADDR), MQ_SIZE);
+    let _irq = activate(&mut e.block, &e.mem, &vq);
+    header(&e.mem, HDR, T_OUT, 0);
+    set_status(&e.mem, 0xff);
+    post(
+        &vq,
+        0,
+        &[D(HDR, 16, false), D(STATUS, 1, true), D(DATA, 512, false)],
+    );
+    e.block.process_queue(0);
+    assert_eq!(used(&e.mem, 0), (0, 1));
+    assert_eq!(status(&e.mem), STATUS_IOERR);
+    e.block.reset();
+    // Readable buffer after a writable one, with the status at the end.
     assert_eq!(
         run_one(
             &mut e,

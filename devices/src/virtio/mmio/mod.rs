@@ -35,6 +35,16 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 /// Start of the device-specific configuration space.
 pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
+/// The Linux kernel command-line parameter that makes the guest probe a virtio-mmio device
+/// at `base` with interrupt line `irq` (no ACPI/device tree needed), e.g.
+/// `virtio_mmio.device=4K@0xd0000000:5`.
+pub fn kernel_cmdline_device(base: u64, irq: u32) -> String {
+    format!(
+        "virtio_mmio.device={}K@{base:#x}:{irq}",
+        MMIO_WINDOW_SIZE / 1024
+    )
+}
+
 /// Register offsets (virtio 1.2 §4.2.2, table "MMIO Device Register Layout").
 pub mod regs {
     pub const MAGIC_VALUE: u64 = 0x000;

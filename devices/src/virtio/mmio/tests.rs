@@ -227,6 +227,81 @@ fn queue_addresses_use_both_halves() {
 }
 
 #[test]
+fn queue_addresses_above_4g() {
+    // RAM below and above 4 GiB, so every high half can be exercised for real.
+    let hi = 1u64 << 32;
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 0x10_0000),
+        (GuestAddress(hi), 0x10_0000),
+    ])
+    .unwrap();
+    let dev = MockDevice::new(&[16]).shared();
+    let mut t = MmioTransport::new(mem, dev.clone()).unwrap();
+    negotiate(&mut t, VERSION_1);
+    setup_queue(
+        &mut t,
+        0,
+        16,
+        hi + DESC_ADDR,
+        hi + DRIVER_ADDR,
+        hi + DEVICE_ADDR,
+    );
+    wr(&mut t, regs::STATUS, ALL_OK);
+    let d = dev.lock().unwrap();
+    let q = &d.active.as_ref().expect("activated").queues[0];
+    assert_eq!(
+        (q.desc_table(), q.avail_ring(), q.used_ring()),
+        (hi + DESC_ADDR, hi + DRIVER_ADDR, hi + DEVICE_ADDR)
+    );
+}
+
+#[test]
+fn high_halves_can_be_rewritten_before_ready() {
+    let dev = MockDevice::new(&[16]).shared();
+    let mut t = MmioTransport::new(test_mem(), dev.clone()).unwrap();
+    negotiate(&mut t, VERSION_1);
+    // Garbage high halves first, then corrected: only the last value counts.
+    wr(&mut t, regs::QUEUE_SEL, 0);
+    for reg in [
+        regs::QUEUE_DESC_HIGH,
+        regs::QUEUE_DRIVER_HIGH,
+        regs::QUEUE_DEVICE_HIGH,
+    ] {
+        wr(&mut t, reg, 0xdead);
+    }
+    setup_queue(&mut t, 0, 16, DESC_ADDR, DRIVER_ADDR, DEVICE_ADDR);
+    wr(&mut t, regs::STATUS, ALL_OK);
+    assert!(dev.lock().unwrap().is_activated());
+}
+
+#[test]
+fn each_high_half_reaches_the_queue() {
+    // A stray high half in any of the three addresses moves that ring out of guest memory.
+    for which in 0..3 {
+        let (mut t, dev) = setup(&[16]);
+        negotiate(&mut t, VERSION_1);
+        let mut addrs = [DESC_ADDR, DRIVER_ADDR, DEVICE_ADDR];
+        addrs[which] |= 1 << 40;
+        setup_queue(&mut t, 0, 16, addrs[0], addrs[1], addrs[2]);
+        wr(&mut t, regs::STATUS, ALL_OK);
+        assert!(!dev.lock().unwrap().is_activated(), "ring {which}");
+    }
+}
+
+#[test]
+fn transport_is_a_bus_device() {
+    let (t, _) = setup(&[16]);
+    let bus: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(t));
+    let mut b = [0u8; 4];
+    bus.lock().unwrap().read(regs::MAGIC_VALUE, &mut b);
+    assert_eq!(u32::from_le_bytes(b), MAGIC_VALUE);
+    assert_eq!(
+        kernel_cmdline_device(0xd000_0000, 5),
+        "virtio_mmio.device=4K@0xd0000000:5"
+    );
+}
+
+#[test]
 fn unready_queues_are_passed_unready() {
     let (mut t, dev) = setup(&[16, 16]);
     negotiate(&mut t, VERSION_1);
