@@ -4,10 +4,19 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The probe is built for the host triple, as a freestanding program.
+const PROBE_TARGET: &str = "x86_64-unknown-linux-gnu";
+
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let probe = manifest.join("../tools/probe-guest");
-    for p in ["src", "Cargo.toml", "build.rs", "link.ld", ".cargo/config.toml"] {
+    for p in [
+        "src",
+        "Cargo.toml",
+        "build.rs",
+        "link.ld",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", probe.join(p).display());
     }
     println!(
@@ -20,7 +29,14 @@ fn main() {
     // working directory; flags and wrappers meant for the host crates must not reach it.
     let status = Command::new(cargo)
         .current_dir(&probe)
-        .args(["build", "--release", "--offline", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--target",
+            PROBE_TARGET,
+            "--target-dir",
+        ])
         .arg(&out)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -32,7 +48,7 @@ fn main() {
         .status()
         .expect("running cargo for the probe guest");
     assert!(status.success(), "building tools/probe-guest failed");
-    let elf = out.join("release/probe-guest");
+    let elf = out.join(PROBE_TARGET).join("release/probe-guest");
     assert!(elf.exists(), "probe guest not found at {}", elf.display());
     println!("cargo:rustc-env=CAPSA_PROBE_GUEST={}", elf.display());
 }

@@ -26,7 +26,9 @@ pub const NEEDED_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids"];
 impl Layout {
     /// Reads the current process's mount table.
     pub fn detect() -> std::io::Result<Layout> {
-        Ok(Self::parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+        Ok(Self::parse(&std::fs::read_to_string(
+            "/proc/self/mountinfo",
+        )?))
     }
 
     /// Parses mountinfo text (see proc(5)).
@@ -65,8 +67,7 @@ impl Layout {
                                     | "noprefix"
                                     | "clone_children"
                                     | "cpuset_v2_mode"
-                            )
-                                && !o.contains('=')
+                            ) && !o.contains('=')
                         })
                         .map(String::from)
                         .collect();
@@ -112,13 +113,23 @@ mod tests {
     fn hybrid_layout() {
         let l = Layout::parse(HYBRID);
         assert_eq!(l.hierarchies.len(), 4);
-        assert_eq!(l.unified().unwrap().mount, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            l.unified().unwrap().mount,
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
         let cpu = l.v1_mount("cpu").unwrap();
         assert_eq!(cpu.mount, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!(cpu.controllers, vec!["cpu", "cpuacct"]);
         assert!(l.v1_mount("pids").is_none());
-        let named = l.hierarchies.iter().find(|h| h.mount.ends_with("systemd")).unwrap();
-        assert!(named.controllers.is_empty(), "named hierarchies bind no controller");
+        let named = l
+            .hierarchies
+            .iter()
+            .find(|h| h.mount.ends_with("systemd"))
+            .unwrap();
+        assert!(
+            named.controllers.is_empty(),
+            "named hierarchies bind no controller"
+        );
     }
 
     #[test]

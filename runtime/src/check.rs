@@ -33,12 +33,17 @@ pub fn run() -> anyhow::Result<ExitCode> {
             r.ok(&format!("KVM API version {}", k.get_api_version()));
             match kvm::check_caps(&k) {
                 Ok(()) => r.ok("KVM capabilities: irqchip, irqfd, ioeventfd, PIT2, immediate exit"),
-                Err(e) => r.missing(&e.to_string(), "use a host kernel with a complete KVM (4.14 or newer)"),
+                Err(e) => r.missing(
+                    &e.to_string(),
+                    "use a host kernel with a complete KVM (4.14 or newer)",
+                ),
             }
         }
         Err(e) => {
             let fix = match &e {
-                kvm::KvmError::Missing(_) => "load kvm_intel or kvm_amd (or enable nested virtualization for this VM)",
+                kvm::KvmError::Missing(_) => {
+                    "load kvm_intel or kvm_amd (or enable nested virtualization for this VM)"
+                }
                 kvm::KvmError::Permission(_) => "run as root or add the user to the kvm group",
                 _ => "see the error above",
             };

@@ -11,7 +11,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "capsa", version, about = "VM-isolated OCI runtime and KVM micro-VMM")]
+#[command(
+    name = "capsa",
+    version,
+    about = "VM-isolated OCI runtime and KVM micro-VMM"
+)]
 struct Cli {
     /// Log filter for stderr (tracing env-filter syntax); RUST_LOG also works.
     #[arg(long, global = true)]

@@ -127,7 +127,8 @@ mod tests {
     #[test]
     fn unclaimed_and_straddling_accesses() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x100, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x100, 0x10)
+            .unwrap();
         let mut b = [0u8; 4];
         assert!(!bus.read(0xff, &mut b[..1]));
         assert!(!bus.read(0x110, &mut b[..1]));
@@ -141,11 +142,29 @@ mod tests {
         let mut bus = Bus::new();
         let d = || -> SharedDevice { Arc::new(Mutex::new(Recorder::default())) };
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert_eq!(bus.insert(d(), 0x108, 0x10), Err(BusError::Overlap { base: 0x108, len: 0x10 }));
-        assert_eq!(bus.insert(d(), 0xf8, 0x10), Err(BusError::Overlap { base: 0xf8, len: 0x10 }));
+        assert_eq!(
+            bus.insert(d(), 0x108, 0x10),
+            Err(BusError::Overlap {
+                base: 0x108,
+                len: 0x10
+            })
+        );
+        assert_eq!(
+            bus.insert(d(), 0xf8, 0x10),
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
+        );
         assert!(bus.insert(d(), 0xf0, 0x10).is_ok());
         assert!(bus.insert(d(), 0x110, 0x1).is_ok());
-        assert!(matches!(bus.insert(d(), 0x200, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x200, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
     }
 }

@@ -159,7 +159,9 @@ impl MutEventSubscriber for SerialInput {
             // SAFETY: reading at most buf.len() bytes into buf.
             let n = unsafe { libc::read(self.input, buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
-                if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
                     return;
                 }
                 // EOF or error: stop watching, or epoll would report it forever.

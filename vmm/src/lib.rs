@@ -171,7 +171,10 @@ fn open_serial_out(out: SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match out {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::File(p) => Box::new(std::fs::File::create(&p).map_err(|e| {
-            Error::Config(format!("cannot create serial output file {}: {e}", p.display()))
+            Error::Config(format!(
+                "cannot create serial output file {}: {e}",
+                p.display()
+            ))
         })?),
         SerialOutput::Writer(w) => w,
         SerialOutput::Null => Box::new(std::io::sink()),
@@ -194,7 +197,10 @@ impl Vm {
                 ))
             })?;
         if config.mem_mib > (1 << 30) {
-            return Err(Error::Config(format!("--mem-mib {} is too large", config.mem_mib)));
+            return Err(Error::Config(format!(
+                "--mem-mib {} is too large",
+                config.mem_mib
+            )));
         }
         if config.vcpus == 0 || config.vcpus > layout::MAX_VCPUS {
             return Err(Error::Config(format!(
@@ -218,9 +224,13 @@ impl Vm {
 
         let kvm = kvm::open(&config.kvm_path)?;
         kvm::check_caps(&kvm)?;
-        let masks = config
-            .cpuid_masks
-            .unwrap_or_else(|| if kvm::host_is_pvm() { PVM_MASKS.to_vec() } else { Vec::new() });
+        let masks = config.cpuid_masks.unwrap_or_else(|| {
+            if kvm::host_is_pvm() {
+                PVM_MASKS.to_vec()
+            } else {
+                Vec::new()
+            }
+        });
         let vm_fd = vm::create_vm(&kvm, &mem)?;
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -295,7 +305,10 @@ impl Vm {
         let ev_err = |e: event_manager::Error| host_err("event loop")(format!("{e:?}"));
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(ev_err)?;
-        let dup = |e: &EventFd| e.try_clone().map_err(|e| host_err("eventfd")(e.to_string()));
+        let dup = |e: &EventFd| {
+            e.try_clone()
+                .map_err(|e| host_err("eventfd")(e.to_string()))
+        };
         let control = Arc::new(Mutex::new(Control::new(
             dup(&self.shared.exit_evt)?,
             dup(&self.legacy.reset_evt)?,
@@ -339,8 +352,17 @@ impl Vm {
         };
         stop_vcpus(&self.shared, threads);
 
-        let boot_time = *self.legacy.boot_time.lock().unwrap_or_else(|e| e.into_inner());
-        let ends = self.shared.ends.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let boot_time = *self
+            .legacy
+            .boot_time
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let ends = self
+            .shared
+            .ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let exit = match cause {
             StopCause::GuestReset => VmExit::Reset,
             StopCause::Signal(s) => VmExit::Signal(s),

@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn bad_widths_are_ignored() {
         let (mut s, sink, _) = serial();
-        s.write(0, &[b'a', b'b']);
+        s.write(0, b"ab");
         let mut d = [0xffu8; 4];
         s.read(0, &mut d);
         assert_eq!(d, [0; 4]);

@@ -8,6 +8,16 @@ use crate::line::LineBuf;
 const THR: u16 = abi::SERIAL_PORT_BASE;
 const LSR: u16 = abi::SERIAL_PORT_BASE + 5;
 const LSR_THR_EMPTY: u8 = 1 << 5;
+const LSR_DATA_READY: u8 = 1;
+const RBR: u16 = abi::SERIAL_PORT_BASE;
+
+/// Receive one byte, polling the line status register.
+pub fn get() -> u8 {
+    while inb(LSR) & LSR_DATA_READY == 0 {
+        core::hint::spin_loop();
+    }
+    inb(RBR)
+}
 
 /// Send one byte once the transmitter holding register is empty.
 pub fn put(b: u8) {

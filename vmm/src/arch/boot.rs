@@ -30,6 +30,12 @@ pub enum BootError {
         /// The file.
         path: PathBuf,
     },
+    /// An ELF file that is not linked like a kernel.
+    #[error("{path} is an ELF file but not a bootable kernel: it is not linked to load at or above 1 MiB")]
+    ElfNotAKernel {
+        /// The file.
+        path: PathBuf,
+    },
     /// A bzImage without a 64-bit entry point.
     #[error("{path} is a bzImage without a 64-bit entry point (XLF_KERNEL_64 unset)")]
     Not64Bit {
@@ -142,9 +148,22 @@ pub fn load_kernel(
                 setup_header: None,
             })
         }
-        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {}
+        // Not ELF (or too short to be): maybe a bzImage.
+        Err(loader::Error::Elf(
+            loader::elf::Error::InvalidElfMagicNumber | loader::elf::Error::ReadElfHeader,
+        )) => {}
         Err(loader::Error::Elf(loader::elf::Error::ReadKernelImage))
         | Err(loader::Error::MemoryOverflow) => return Err(too_large()),
+        // An ELF program (e.g. a PIE executable) rather than a kernel linked to load at or
+        // above 1 MiB.
+        Err(loader::Error::Elf(
+            loader::elf::Error::InvalidEntryAddress
+            | loader::elf::Error::InvalidProgramHeaderAddress,
+        )) => {
+            return Err(BootError::ElfNotAKernel {
+                path: path.to_owned(),
+            })
+        }
         Err(e) => {
             return Err(BootError::KernelLoad {
                 path: path.to_owned(),
@@ -168,6 +187,7 @@ pub fn load_kernel(
         }
         Err(loader::Error::Bzimage(loader::bzimage::Error::InvalidBzImage))
         | Err(loader::Error::Bzimage(loader::bzimage::Error::ReadBzImageHeader))
+        | Err(loader::Error::Bzimage(loader::bzimage::Error::SeekBzImageHeader))
         | Err(loader::Error::Bzimage(loader::bzimage::Error::Underflow)) => {
             Err(BootError::NotAKernel {
                 path: path.to_owned(),
@@ -358,6 +378,13 @@ mod tests {
     }
 
     #[test]
+    fn elf_program_is_not_a_kernel() {
+        let f = tmp(&elf(0x1000, b"abc"));
+        let e = load_kernel(&mem(), MEM, f.path()).unwrap_err();
+        assert!(matches!(e, BootError::ElfNotAKernel { .. }), "{e}");
+    }
+
+    #[test]
     fn missing_and_directory_kernels() {
         let e = load_kernel(&mem(), MEM, Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(e.to_string().contains("No such file"), "{e}");
@@ -385,7 +412,8 @@ mod tests {
         let f = tmp(&img);
         let k = load_kernel(&mem(), MEM, f.path()).unwrap();
         assert_eq!(k.entry, 0x10_0200);
-        assert_eq!(k.setup_header.unwrap().xloadflags, 1);
+        let xloadflags = k.setup_header.unwrap().xloadflags;
+        assert_eq!(xloadflags, 1);
         // Without XLF_KERNEL_64 it is refused.
         img[0x236] = 0;
         let f = tmp(&img);
@@ -425,12 +453,18 @@ mod tests {
         m.read_slice(&mut b, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&b, b"console=ttyS0 probe=hello\0");
         let long = "a".repeat(CMDLINE_MAX_SIZE);
-        assert!(matches!(write_cmdline(&m, &long), Err(BootError::Cmdline(_))));
+        assert!(matches!(
+            write_cmdline(&m, &long),
+            Err(BootError::Cmdline(_))
+        ));
     }
 
     #[test]
     fn e820_covers_ram_and_skips_holes() {
-        assert_eq!(e820_map(64 << 20), vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]);
+        assert_eq!(
+            e820_map(64 << 20),
+            vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]
+        );
         let big = e820_map(4 << 30);
         assert_eq!(big.len(), 3);
         assert_eq!(big[1], (HIMEM_START, MMIO_GAP_START - HIMEM_START));
@@ -440,8 +474,15 @@ mod tests {
     #[test]
     fn zero_page_fields() {
         let m = mem();
-        let k = LoadedKernel { entry: 0x100_0000, end: 0x200_0000, setup_header: None };
-        let init = LoadedInitrd { addr: 0x300_0000, size: 1234 };
+        let k = LoadedKernel {
+            entry: 0x100_0000,
+            end: 0x200_0000,
+            setup_header: None,
+        };
+        let init = LoadedInitrd {
+            addr: 0x300_0000,
+            size: 1234,
+        };
         write_zero_page(&m, MEM, &k, 42, Some(init)).unwrap();
         let zp = ZERO_PAGE_START;
         let rd = |off: u64| -> u32 { m.read_obj(GuestAddress(zp + off)).unwrap() };

@@ -85,7 +85,12 @@ fn bits_for(n: u32) -> u32 {
 
 /// Builds the CPUID of vCPU `cpu_index` (its APIC id) out of `vcpu_count` from KVM's
 /// supported set. Topology: one socket, one thread per core, `vcpu_count` cores.
-pub fn vcpu_cpuid(supported: &CpuId, cpu_index: u8, vcpu_count: u8, masks: &[FeatureMask]) -> CpuId {
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    cpu_index: u8,
+    vcpu_count: u8,
+    masks: &[FeatureMask],
+) -> CpuId {
     let mut cpuid = supported.clone();
     let count = u32::from(vcpu_count);
     let apic_id = u32::from(cpu_index);
@@ -177,10 +182,20 @@ mod tests {
     fn supported() -> CpuId {
         CpuId::from_entries(&[
             entry(0, 0, 0, [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
-            entry(1, 0, 0, [0x906ea, 0xff08_0800, (1 << 13) | (1 << 23), 1 << 28]),
+            entry(
+                1,
+                0,
+                0,
+                [0x906ea, 0xff08_0800, (1 << 13) | (1 << 23), 1 << 28],
+            ),
             entry(4, 0, 1, [0x1c00_4121, 0, 0, 0]),
             entry(4, 3, 1, [0x1c00_4163, 0, 0, 0]),
-            entry(7, 0, 1, [0, (1 << 0) | (1 << 5) | (1 << 7), 1 << 22, 1 << 4]),
+            entry(
+                7,
+                0,
+                1,
+                [0, (1 << 0) | (1 << 5) | (1 << 7), 1 << 22, 1 << 4],
+            ),
             entry(0xa, 0, 0, [0x0760_3804, 0, 0, 0x603]),
             entry(0xb, 0, 1, [0, 0, 0, 0]),
             entry(0xb, 1, 1, [0, 0, 0, 0]),
@@ -190,7 +205,10 @@ mod tests {
     }
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
-        *c.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap()
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
     }
 
     #[test]
@@ -259,6 +277,15 @@ mod tests {
 
     #[test]
     fn bits() {
-        assert_eq!([bits_for(1), bits_for(2), bits_for(3), bits_for(4), bits_for(5)], [0, 1, 2, 2, 3]);
+        assert_eq!(
+            [
+                bits_for(1),
+                bits_for(2),
+                bits_for(3),
+                bits_for(4),
+                bits_for(5)
+            ],
+            [0, 1, 2, 2, 3]
+        );
     }
 }

@@ -55,6 +55,12 @@ pub const MIN_MEM_BYTES: u64 = 8 << 20;
 /// Upper bound on vCPUs: the MP table must fit between EBDA_START and 0xa0000.
 pub const MAX_VCPUS: u8 = 32;
 
+// The boot stack sits between the zero page and the page tables; the MP table ends below
+// the kernel. Checked at compile time so a layout edit cannot silently break boot.
+const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+const _: () = assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+const _: () = assert!(EBDA_START + 0x400 <= HIMEM_START);
+
 /// Guest RAM regions for `mem_bytes` of memory: below the MMIO gap, and the rest above 4 GiB.
 pub fn ram_regions(mem_bytes: u64) -> Vec<(u64, u64)> {
     if mem_bytes <= MMIO_GAP_START {
@@ -80,7 +86,10 @@ mod tests {
     #[test]
     fn large_memory_skips_the_gap() {
         let r = ram_regions(4 << 30);
-        assert_eq!(r, vec![(0, MMIO_GAP_START), (1 << 32, (4 << 30) - MMIO_GAP_START)]);
+        assert_eq!(
+            r,
+            vec![(0, MMIO_GAP_START), (1 << 32, (4 << 30) - MMIO_GAP_START)]
+        );
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
     }
 
@@ -100,7 +109,5 @@ mod tests {
         for w in spans.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "{w:x?} overlap");
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
-        assert!(EBDA_START + 0x400 <= HIMEM_START);
     }
 }

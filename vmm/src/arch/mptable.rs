@@ -31,7 +31,10 @@ const MP_NMI: u8 = 1;
 const MP_EXTINT: u8 = 3;
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// The MP floating pointer followed by the configuration table, as bytes to place at
@@ -128,7 +131,11 @@ mod tests {
             let len = u16::from_le_bytes([cfg[4], cfg[5]]) as usize;
             assert_eq!(len, cfg.len());
             assert_eq!(sum(cfg), 0);
-            assert!(t.len() <= 0x400, "{n} cpus: {} bytes past the EBDA", t.len());
+            assert!(
+                t.len() <= 0x400,
+                "{n} cpus: {} bytes past the EBDA",
+                t.len()
+            );
         }
     }
 
@@ -157,6 +164,9 @@ mod tests {
     #[test]
     fn bad_counts() {
         assert!(matches!(build(EBDA_START, 0), Err(MptableError::NoCpus)));
-        assert!(matches!(build(EBDA_START, MAX_VCPUS + 1), Err(MptableError::TooManyCpus(_))));
+        assert!(matches!(
+            build(EBDA_START, MAX_VCPUS + 1),
+            Err(MptableError::TooManyCpus(_))
+        ));
     }
 }

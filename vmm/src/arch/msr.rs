@@ -55,9 +55,17 @@ mod tests {
     fn list_matches_table() {
         let m = boot_msrs();
         assert_eq!(m.as_slice().len(), BOOT_MSRS.len());
-        let misc = m.as_slice().iter().find(|e| e.index == MSR_IA32_MISC_ENABLE).unwrap();
+        let misc = m
+            .as_slice()
+            .iter()
+            .find(|e| e.index == MSR_IA32_MISC_ENABLE)
+            .unwrap();
         assert_eq!(misc.data, 1);
-        let mtrr = m.as_slice().iter().find(|e| e.index == MSR_MTRR_DEF_TYPE).unwrap();
+        let mtrr = m
+            .as_slice()
+            .iter()
+            .find(|e| e.index == MSR_MTRR_DEF_TYPE)
+            .unwrap();
         assert_eq!(mtrr.data, 0x806);
     }
 }

@@ -37,7 +37,7 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a GDT descriptor at `index` back into the kvm_segment KVM wants.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     kvm_segment {
@@ -191,12 +191,21 @@ mod tests {
     #[test]
     fn segments_decode() {
         let cs = segment_from_gdt(BOOT_GDT[1], 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.g, cs.present, cs.s), (8, 1, 0, 1, 1, 1));
-        assert_eq!((cs.type_, cs.dpl, cs.limit, cs.base), (0xb, 0, 0xffff_ffff, 0));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.g, cs.present, cs.s),
+            (8, 1, 0, 1, 1, 1)
+        );
+        assert_eq!(
+            (cs.type_, cs.dpl, cs.limit, cs.base),
+            (0xb, 0, 0xffff_ffff, 0)
+        );
         let ds = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!((ds.selector, ds.type_, ds.db, ds.l), (0x10, 3, 1, 0));
         let tr = segment_from_gdt(BOOT_GDT[3], 3);
-        assert_eq!((tr.selector, tr.type_, tr.s, tr.unusable), (0x18, 0xb, 0, 0));
+        assert_eq!(
+            (tr.selector, tr.type_, tr.s, tr.unusable),
+            (0x18, 0xb, 0, 0)
+        );
         assert_eq!(segment_from_gdt(0, 0).unusable, 1);
     }
 
@@ -239,7 +248,10 @@ mod tests {
     #[test]
     fn regs_point_at_zero_page() {
         let r = boot_regs(0x100_0000);
-        assert_eq!((r.rip, r.rsi, r.rsp, r.rflags), (0x100_0000, ZERO_PAGE_START, BOOT_STACK_POINTER, 2));
+        assert_eq!(
+            (r.rip, r.rsi, r.rsp, r.rflags),
+            (0x100_0000, ZERO_PAGE_START, BOOT_STACK_POINTER, 2)
+        );
     }
 
     #[test]
@@ -249,7 +261,14 @@ mod tests {
         l.regs[APIC_LVT0 + 2] = 1;
         l.regs[APIC_LVT1 + 1] = 0x07;
         set_lint(&mut l);
-        let get = |o: usize| u32::from_le_bytes([l.regs[o] as u8, l.regs[o + 1] as u8, l.regs[o + 2] as u8, l.regs[o + 3] as u8]);
+        let get = |o: usize| {
+            u32::from_le_bytes([
+                l.regs[o] as u8,
+                l.regs[o + 1] as u8,
+                l.regs[o + 2] as u8,
+                l.regs[o + 3] as u8,
+            ])
+        };
         assert_eq!((get(APIC_LVT0) >> 8) & 7, APIC_MODE_EXTINT);
         assert_eq!(get(APIC_LVT0) & 0x10000, 0x10000, "other bits kept");
         assert_eq!((get(APIC_LVT1) >> 8) & 7, APIC_MODE_NMI);

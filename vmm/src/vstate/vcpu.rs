@@ -91,7 +91,9 @@ impl Vcpu {
         entry: u64,
     ) -> Result<Self, VcpuConfigError> {
         let e = |op| move |source| VcpuConfigError::Kvm { index, op, source };
-        let fd = vm.create_vcpu(u64::from(index)).map_err(e("KVM_CREATE_VCPU"))?;
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(e("KVM_CREATE_VCPU"))?;
         let cpuid = cpuid::vcpu_cpuid(supported, index, count, masks);
         fd.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
         let msrs = msr::boot_msrs();
@@ -106,7 +108,8 @@ impl Vcpu {
         // Application processors wait for INIT/SIPI; their registers are set by the SIPI,
         // so only the boot processor gets the boot-protocol entry state.
         if index == 0 {
-            fd.set_regs(&regs::boot_regs(entry)).map_err(e("KVM_SET_REGS"))?;
+            fd.set_regs(&regs::boot_regs(entry))
+                .map_err(e("KVM_SET_REGS"))?;
             fd.set_fpu(&regs::boot_fpu()).map_err(e("KVM_SET_FPU"))?;
             let sregs = fd.get_sregs().map_err(e("KVM_GET_SREGS"))?;
             let sregs = regs::boot_sregs(mem, sregs)?;

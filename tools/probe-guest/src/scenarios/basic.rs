@@ -17,6 +17,28 @@ pub fn cmdline(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// Read one line of serial input (host stdin) and print it back, to test the input path.
+pub fn echo(_: &Ctx) -> Outcome {
+    serial::println_str("PROBE-ECHO: ready");
+    let mut buf = [0u8; 256];
+    let mut n = 0;
+    loop {
+        let b = serial::get();
+        if b == b'\n' {
+            break;
+        }
+        if n == buf.len() {
+            return Err("input line longer than 256 bytes");
+        }
+        buf[n] = b;
+        n += 1;
+    }
+    let mut l = LineBuf::<300>::new();
+    l.str("PROBE-ECHO: ").bytes(&buf[..n]).str(" len=").dec(n as u64);
+    serial::println(&mut l);
+    Ok(())
+}
+
 /// Loop forever at ring 3, for the VMM's signal handling tests.
 pub fn spin(_: &Ctx) -> Outcome {
     serial::println_str("PROBE-SPIN");

@@ -52,6 +52,10 @@ pub const ALL: &[Scenario] = &[
         run: basic::fault,
     },
     Scenario {
+        name: "echo",
+        run: basic::echo,
+    },
+    Scenario {
         name: "spin",
         run: basic::spin,
     },
