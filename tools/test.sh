@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# capsa's whole test suite: formatting, lints, unit and integration tests on the real
+# /dev/kvm. This is the README's test command and what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "environment"
+uname -r >&2
+ls -l /dev/kvm >&2 || { echo "capsa tests need /dev/kvm" >&2; exit 1; }
+cargo --version >&2
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+(cd tools/probe-guest && cargo fmt -- --check)
+
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+(cd tools/probe-guest && cargo clippy --release -- -D warnings)
+
+step "cargo test"
+cargo test --workspace -- --test-threads=2
