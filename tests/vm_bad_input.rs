@@ -190,3 +190,16 @@ fn serial_output_file_cannot_be_created() {
         "cannot create serial output file /nonexistent/dir/console.log",
     );
 }
+
+#[test]
+fn missing_disk_image() {
+    let o = run(&["vm", "run", "--disk", "/nonexistent/disk.img"]);
+    assert_error(&o, "disk /nonexistent/disk.img: cannot open disk");
+}
+
+#[test]
+fn malformed_disk_option() {
+    let o = run(&["vm", "run", "--disk", "/tmp/x.img,bogus"]);
+    assert_eq!(o.code(), Some(2), "{o}");
+    assert!(o.stderr.contains("unknown disk option \"bogus\""), "{o}");
+}

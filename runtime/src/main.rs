@@ -60,8 +60,35 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("capsa: error: {e:#}");
+            eprintln!("capsa: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line for an error chain. Library errors already embed their cause in their text,
+/// so a cause is appended only when it adds something.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line = format!("{line}: {c}");
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_skips_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = anyhow::Error::new(io).context("opening x: gone");
+        assert_eq!(error_line(&e), "opening x: gone");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
     }
 }

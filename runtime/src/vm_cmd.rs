@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use vmm::{SerialOutput, Vm, VmConfig, VmExit};
+use vmm::{DiskConfig, SerialOutput, Vm, VmConfig, VmExit};
 
 #[derive(Subcommand)]
 pub enum VmCommand {
@@ -39,6 +39,36 @@ pub struct RunArgs {
     /// KVM device node.
     #[arg(long, default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// virtio-blk disk: `PATH[,ro][,id=SERIAL]` (repeatable; the guest sees them in order).
+    #[arg(long = "disk", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+}
+
+/// Parses `PATH[,ro][,id=SERIAL]`.
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("empty disk path")?;
+    let mut disk = DiskConfig {
+        path: path.into(),
+        read_only: false,
+        id: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk.read_only = true,
+            None if opt == "rw" => disk.read_only = false,
+            Some(("id", v)) if !v.is_empty() => disk.id = Some(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown disk option {opt:?} (expected ro, rw or id=SERIAL)"
+                ))
+            }
+        }
+    }
+    Ok(disk)
 }
 
 pub fn run(cmd: VmCommand, start: Instant) -> anyhow::Result<ExitCode> {
@@ -71,6 +101,7 @@ fn run_vm(args: RunArgs, start: Instant) -> anyhow::Result<ExitCode> {
     config.kvm_path = args.kvm_device;
     config.start_time = start;
     config.handle_signals = true;
+    config.disks = args.disks;
 
     let vm = Vm::new(config)?;
     let report = vm.run()?;
@@ -81,4 +112,27 @@ fn run_vm(args: RunArgs, start: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(128u8.saturating_add(sig as u8))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("/x/disk.img").unwrap();
+        assert_eq!(
+            (d.path, d.read_only, d.id),
+            ("/x/disk.img".into(), false, None)
+        );
+        let d = parse_disk("a.img,ro,id=root").unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("root"));
+        assert!(parse_disk("").is_err());
+        assert!(parse_disk(",ro").is_err());
+        assert!(parse_disk("a.img,bogus")
+            .unwrap_err()
+            .contains("unknown disk option"));
+        assert!(parse_disk("a.img,id=").is_err());
+    }
 }

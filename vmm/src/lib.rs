@@ -29,6 +29,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use arch::cpuid::{FeatureMask, PVM_MASKS};
 use arch::{boot, layout, mptable};
 use bus::Bus;
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::VirtioDevice;
 use event_loop::{Control, SerialInput, StopCause};
 use vstate::vcpu::{Vcpu, VcpuEnd, VcpuShared};
 use vstate::{kvm, vm};
@@ -47,6 +49,18 @@ pub enum SerialOutput {
     Writer(Box<dyn Write + Send>),
     /// Discarded.
     Null,
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    /// Refuse guest writes (the file is opened read-only).
+    pub read_only: bool,
+    /// Serial the guest reads with VIRTIO_BLK_T_GET_ID (at most 20 bytes); defaults to
+    /// `diskN`.
+    pub id: Option<String>,
 }
 
 /// Everything needed to build a VM.
@@ -73,6 +87,8 @@ pub struct VmConfig {
     pub handle_signals: bool,
     /// CPUID features to hide; `None` picks the default for the host (PVM or not).
     pub cpuid_masks: Option<Vec<FeatureMask>>,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -90,6 +106,7 @@ impl VmConfig {
             start_time: Instant::now(),
             handle_signals: false,
             cpuid_masks: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -118,6 +135,14 @@ pub enum Error {
     /// A device could not be created or wired.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A disk could not be opened.
+    #[error("disk {path}: {source}")]
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: devices::virtio::block::BlockError,
+    },
     /// Host resource failure (threads, fds, event loop).
     #[error("{what}: {reason}")]
     Host {
@@ -162,6 +187,7 @@ pub struct Vm {
     vm_fd: VmFd,
     shared: Arc<VcpuShared>,
     legacy: device_manager::LegacyDevices,
+    subscribers: Vec<device_manager::Subscriber>,
     serial_in: bool,
     handle_signals: bool,
     _mem: GuestMemoryMmap,
@@ -218,7 +244,26 @@ impl Vm {
             .as_deref()
             .map(|p| boot::load_initrd(&mem, mem_bytes, kernel.end, p))
             .transpose()?;
-        let cmdline_len = boot::write_cmdline(&mem, &config.cmdline)?;
+        // Device backends open their host files now, so a bad path is reported before
+        // any KVM work too.
+        let mut virtio: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
+        for (i, d) in config.disks.iter().enumerate() {
+            let block = Block::new(&BlockConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                id: d.id.clone().unwrap_or_else(|| format!("disk{i}")),
+            })
+            .map_err(|source| Error::Disk {
+                path: d.path.clone(),
+                source,
+            })?;
+            virtio.push(Arc::new(Mutex::new(block)));
+        }
+        let params = (0..virtio.len())
+            .map(device_manager::virtio_cmdline_param)
+            .collect::<Result<Vec<_>, _>>()?;
+        let cmdline = device_manager::insert_kernel_params(&config.cmdline, &params);
+        let cmdline_len = boot::write_cmdline(&mem, &cmdline)?;
         boot::write_zero_page(&mem, mem_bytes, &kernel, cmdline_len, initrd)?;
         mptable::write(&mem, config.vcpus)?;
 
@@ -240,6 +285,17 @@ impl Vm {
         let serial_out = open_serial_out(config.serial_out)?;
         let legacy =
             device_manager::attach_legacy(&vm_fd, &mut pio, serial_out, config.start_time)?;
+        let mut mmio_bus = Bus::new();
+        let mut subscribers = Vec::new();
+        for (i, dev) in virtio.into_iter().enumerate() {
+            subscribers.push(device_manager::attach_virtio(
+                &vm_fd,
+                &mut mmio_bus,
+                &mem,
+                i,
+                dev,
+            )?);
+        }
 
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for i in 0..config.vcpus {
@@ -259,7 +315,7 @@ impl Vm {
                 .map_err(|e| host_err("eventfd")(e.to_string()))?,
             ends: Mutex::new(Vec::new()),
             pio,
-            mmio: Bus::new(),
+            mmio: mmio_bus,
         });
         tracing::debug!(
             entry = kernel.entry,
@@ -273,6 +329,7 @@ impl Vm {
             vm_fd,
             shared,
             legacy,
+            subscribers,
             serial_in: config.serial_in,
             handle_signals: config.handle_signals,
             _mem: mem,
@@ -315,6 +372,9 @@ impl Vm {
             signal_fd,
         )));
         em.add_subscriber(control.clone());
+        for s in &self.subscribers {
+            em.add_subscriber(s.clone());
+        }
         let _term = if self.serial_in {
             em.add_subscriber(Arc::new(Mutex::new(
                 SerialInput::new(self.legacy.serial.clone(), libc::STDIN_FILENO)
