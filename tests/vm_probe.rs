@@ -274,3 +274,73 @@ fn vm_api_reports_reset_and_boot_time() {
     let t = report.boot_time.expect("boot timer hit");
     assert!(t > Duration::ZERO && t < DEADLINE, "{t:?}");
 }
+
+#[test]
+fn thread_hook_runs_in_every_thread_before_the_guest() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(vmm::ThreadRole, String)>>> = Arc::default();
+    let s = seen.clone();
+    let mut cfg = vmm::VmConfig::new(probe_guest());
+    cfg.cmdline = "console=ttyS0 probe=smp".into();
+    cfg.vcpus = 2;
+    cfg.serial_out = vmm::SerialOutput::Null;
+    cfg.thread_hook = Some(Arc::new(move |role| {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        s.lock().unwrap().push((role, name));
+        Ok(())
+    }));
+    let report = vmm::Vm::new(cfg).unwrap().run().unwrap();
+    assert_eq!(report.exit, vmm::VmExit::Reset);
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|(r, _)| format!("{r:?}"));
+    let roles: Vec<_> = seen.iter().map(|(r, _)| *r).collect();
+    assert_eq!(
+        roles,
+        vec![
+            vmm::ThreadRole::Vcpu(0),
+            vmm::ThreadRole::Vcpu(1),
+            vmm::ThreadRole::Vmm
+        ]
+    );
+    assert_eq!(seen[0].1, "capsa_vcpu0");
+    assert_eq!(seen[1].1, "capsa_vcpu1");
+}
+
+#[test]
+fn failing_thread_hook_stops_vm_before_the_guest_runs() {
+    use std::sync::Arc;
+    for failing in [vmm::ThreadRole::Vcpu(1), vmm::ThreadRole::Vmm] {
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        struct Sink(std::sync::mpsc::Sender<u8>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                b.iter().for_each(|x| self.0.send(*x).unwrap());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut cfg = vmm::VmConfig::new(probe_guest());
+        cfg.cmdline = "console=ttyS0 probe=hello".into();
+        cfg.vcpus = 2;
+        cfg.serial_out = vmm::SerialOutput::Writer(Box::new(Sink(tx)));
+        cfg.thread_hook = Some(Arc::new(move |role| {
+            if role == failing {
+                Err("no filter for you".into())
+            } else {
+                Ok(())
+            }
+        }));
+        let err = vmm::Vm::new(cfg).unwrap().run().unwrap_err().to_string();
+        assert!(err.contains("no filter for you"), "{err}");
+        if failing == vmm::ThreadRole::Vcpu(1) {
+            assert!(err.contains("vCPU 1 thread setup failed"), "{err}");
+        }
+        // The guest printed nothing: it never ran.
+        assert!(
+            rx.try_iter().next().is_none(),
+            "guest ran with {failing:?} failing"
+        );
+    }
+}

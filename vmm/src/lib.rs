@@ -51,6 +51,20 @@ pub enum SerialOutput {
     Null,
 }
 
+/// The kinds of thread a VM runs, for per-thread setup such as seccomp filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRole {
+    /// The thread that called [`Vm::run`]: event loop and device emulation.
+    Vmm,
+    /// vCPU thread with this index.
+    Vcpu(u8),
+}
+
+/// Called once in each VM thread before it runs guest-facing code: in every vCPU thread
+/// before its first KVM_RUN, and in the VMM thread before the event loop starts. An error
+/// stops the VM before the guest runs.
+pub type ThreadHook = Arc<dyn Fn(ThreadRole) -> Result<(), String> + Send + Sync>;
+
 /// A virtio-blk disk.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
@@ -89,6 +103,8 @@ pub struct VmConfig {
     pub cpuid_masks: Option<Vec<FeatureMask>>,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Per-thread setup (e.g. seccomp filters).
+    pub thread_hook: Option<ThreadHook>,
 }
 
 impl VmConfig {
@@ -107,6 +123,7 @@ impl VmConfig {
             handle_signals: false,
             cpuid_masks: None,
             disks: Vec::new(),
+            thread_hook: None,
         }
     }
 }
@@ -188,6 +205,7 @@ pub struct Vm {
     shared: Arc<VcpuShared>,
     legacy: device_manager::LegacyDevices,
     subscribers: Vec<device_manager::Subscriber>,
+    thread_hook: Option<ThreadHook>,
     serial_in: bool,
     handle_signals: bool,
     _mem: GuestMemoryMmap,
@@ -330,6 +348,7 @@ impl Vm {
             shared,
             legacy,
             subscribers,
+            thread_hook: config.thread_hook,
             serial_in: config.serial_in,
             handle_signals: config.handle_signals,
             _mem: mem,
@@ -385,22 +404,41 @@ impl Vm {
             None
         };
 
+        // No guest instruction runs before every thread is set up (see StartGate).
+        let start = Arc::new(StartGate::default());
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for vcpu in self.vcpus.drain(..) {
             let shared = self.shared.clone();
             let name = format!("capsa_vcpu{}", vcpu.index());
+            let hook = self.thread_hook.clone();
+            let gate = start.clone();
             match std::thread::Builder::new()
                 .name(name)
-                .spawn(move || vcpu.run(shared))
+                .spawn(move || vcpu.run(shared, hook, gate))
             {
                 Ok(t) => threads.push(t),
                 Err(e) => {
+                    start.open(false);
                     stop_vcpus(&self.shared, threads);
                     return Err(host_err("spawning a vCPU thread")(e.to_string()));
                 }
             }
         }
-
+        if let Some(e) = start.wait_reports(threads.len()) {
+            start.open(false);
+            stop_vcpus(&self.shared, threads);
+            return Err(Error::Guest(e));
+        }
+        let setup = match &self.thread_hook {
+            Some(hook) => hook(ThreadRole::Vmm),
+            None => Ok(()),
+        };
+        if let Err(e) = setup {
+            start.open(false);
+            stop_vcpus(&self.shared, threads);
+            return Err(host_err("VMM thread setup")(e));
+        }
+        start.open(true);
         let cause = loop {
             if let Err(e) = em.run() {
                 stop_vcpus(&self.shared, threads);
@@ -443,6 +481,59 @@ impl Vm {
     /// The VM file descriptor, for wiring more devices before [`Vm::run`].
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm_fd
+    }
+}
+
+/// Two-phase start: each vCPU thread reports the result of its own setup, then waits;
+/// the VMM thread waits for every report, runs its own setup, and lets the guest run only
+/// if everything succeeded.
+#[derive(Default)]
+pub struct StartGate {
+    state: Mutex<GateState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    reported: usize,
+    failure: Option<String>,
+    verdict: Option<bool>,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// vCPU side: report setup, then block until the verdict (true: run the guest).
+    pub fn report_and_wait(&self, setup: &Result<(), String>) -> bool {
+        let mut s = self.lock();
+        s.reported += 1;
+        if let Err(e) = setup {
+            s.failure.get_or_insert_with(|| e.clone());
+        }
+        self.cv.notify_all();
+        loop {
+            if let Some(go) = s.verdict {
+                return go;
+            }
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// VMM side: wait until `n` vCPUs reported; the first failure, if any.
+    pub fn wait_reports(&self, n: usize) -> Option<String> {
+        let mut s = self.lock();
+        while s.reported < n {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.failure.clone()
+    }
+
+    /// VMM side: release every vCPU thread with the verdict.
+    pub fn open(&self, go: bool) {
+        self.lock().verdict = Some(go);
+        self.cv.notify_all();
     }
 }
 

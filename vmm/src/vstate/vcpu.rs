@@ -129,9 +129,25 @@ impl Vcpu {
     /// Thread body: runs the guest until stopped or until the guest ends, then reports why
     /// in `shared` and signals `shared.exit_evt`. A panic in exit handling is caught and
     /// reported the same way, so one bad device access cannot hang the VMM.
-    pub fn run(mut self, shared: Arc<VcpuShared>) {
+    pub fn run(
+        mut self,
+        shared: Arc<VcpuShared>,
+        hook: Option<crate::ThreadHook>,
+        start: Arc<crate::StartGate>,
+    ) {
         let index = self.index;
-        let end = match catch_unwind(AssertUnwindSafe(|| self.run_loop(&shared))) {
+        let body = || {
+            let setup = hook
+                .as_ref()
+                .map_or(Ok(()), |h| h(crate::ThreadRole::Vcpu(index)))
+                .map_err(|e| format!("vCPU {index} thread setup failed: {e}"));
+            if start.report_and_wait(&setup) {
+                self.run_loop(&shared)
+            } else {
+                VcpuEnd::Stopped
+            }
+        };
+        let end = match catch_unwind(AssertUnwindSafe(body)) {
             Ok(end) => end,
             Err(p) => {
                 let msg = p
