@@ -13,6 +13,7 @@
 //!   EventFds on the vmm's event-loop thread and calls [`VirtioDevice::process_queue`].
 
 pub mod block;
+pub mod fs;
 pub mod handler;
 mod interrupt;
 pub mod mmio;
