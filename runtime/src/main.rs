@@ -1,7 +1,10 @@
 //! `capsa`: OCI runtime and micro-VMM in one binary.
 
+mod agent;
 mod cgroups;
 mod check;
+mod guest;
+mod initramfs;
 mod probe;
 mod vm_cmd;
 
@@ -51,6 +54,15 @@ fn init_logging(level: Option<&str>) {
 fn main() -> ExitCode {
     // Taken first so the boot timer measures from (nearly) process start.
     let start = Instant::now();
+    // The same binary is the guest's init and its container helpers.
+    if guest::is_guest_init() {
+        guest::init::main();
+    }
+    match std::env::args().nth(1).as_deref() {
+        Some("__container-init") => guest::container_init::init_main(),
+        Some("__container-exec") => guest::container_init::exec_main(),
+        _ => {}
+    }
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {

@@ -1,0 +1,285 @@
+//! Thin checked wrappers over the Linux calls the guest side needs. Every unsafe block of
+//! the guest agent lives here.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// A path as a C string; errors on interior NUL.
+pub fn cstr(p: impl AsRef<Path>) -> io::Result<CString> {
+    CString::new(p.as_ref().as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// mount(2).
+pub fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let src = source.map(cstr).transpose()?;
+    let tgt = cstr(target)?;
+    let fst = fstype.map(cstr).transpose()?;
+    let dat = data.map(cstr).transpose()?;
+    let p = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is NULL or a NUL-terminated string that outlives the call.
+    check(unsafe {
+        libc::mount(
+            p(&src),
+            tgt.as_ptr(),
+            p(&fst),
+            flags,
+            p(&dat) as *const libc::c_void,
+        )
+    })
+    .map(drop)
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "mount {} on {}: {e}",
+                source.unwrap_or("none"),
+                target.display()
+            ),
+        )
+    })
+}
+
+/// umount2(2).
+pub fn umount2(target: &Path, flags: libc::c_int) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a valid C string.
+    check(unsafe { libc::umount2(t.as_ptr(), flags) }).map(drop)
+}
+
+/// pivot_root(2).
+pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
+    let n = cstr(new_root)?;
+    let o = cstr(put_old)?;
+    // SAFETY: both are valid C strings; the syscall takes two path pointers.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) } as libc::c_int)
+        .map(drop)
+}
+
+/// sethostname(2).
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: pointer and length describe `name`.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+/// mknod(2) for a character device.
+pub fn mknod_char(path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: `p` is a valid C string; makedev only packs numbers.
+    check(unsafe {
+        libc::mknod(
+            p.as_ptr(),
+            libc::S_IFCHR | mode,
+            libc::makedev(major, minor),
+        )
+    })
+    .map(drop)
+}
+
+/// setns(2).
+pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes an fd and flags; a bad fd is an error return.
+    check(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
+/// prctl(2) with one argument.
+pub fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the options used here take one integer argument.
+    check(unsafe { libc::prctl(option, arg, 0, 0, 0) }).map(drop)
+}
+
+/// setrlimit(2).
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `r` is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource as _, &r) }).map(drop)
+}
+
+/// setgroups + setgid + setuid, in that order (groups need privilege).
+pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: pointer and length describe `groups`.
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+}
+
+/// Capability sets for capset(2), as bitmasks of capability numbers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CapSets {
+    /// Effective.
+    pub effective: u64,
+    /// Permitted.
+    pub permitted: u64,
+    /// Inheritable.
+    pub inheritable: u64,
+}
+
+/// capset(2), version 3 (64-bit sets).
+pub fn capset(c: CapSets) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let h = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let lo = |v: u64| v as u32;
+    let hi = |v: u64| (v >> 32) as u32;
+    let d = [
+        Data {
+            effective: lo(c.effective),
+            permitted: lo(c.permitted),
+            inheritable: lo(c.inheritable),
+        },
+        Data {
+            effective: hi(c.effective),
+            permitted: hi(c.permitted),
+            inheritable: hi(c.inheritable),
+        },
+    ];
+    // SAFETY: header and a two-element data array in the v3 layout the kernel expects.
+    check(unsafe { libc::syscall(libc::SYS_capset, &h, d.as_ptr()) } as libc::c_int).map(drop)
+}
+
+/// Raw clone(2) with fork semantics (no new stack) and `flags` (namespace flags);
+/// SIGCHLD is delivered on exit. Returns 0 in the child.
+///
+/// # Safety
+/// The child shares nothing with the parent's other threads' state: in the child, only
+/// async-signal-safe calls on data prepared before the call may be made, ending in execve
+/// or _exit.
+pub unsafe fn clone_fork(flags: libc::c_int) -> io::Result<libc::pid_t> {
+    // SAFETY: with a NULL stack, clone behaves like fork (the caller upholds the rest).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as libc::pid_t)
+    }
+}
+
+/// A pipe with both ends close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two new fds we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// kill(2).
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain numbers.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Opens a new pseudo-terminal pair: (master, slave).
+pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut m = 0;
+    let mut s = 0;
+    // SAFETY: out-pointers for the two fds; name, termios and winsize may be NULL.
+    check(unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: openpty returned two new fds we now own.
+    let pair = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    for fd in [&pair.0, &pair.1] {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setting FD_CLOEXEC on an fd we own.
+        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    }
+    Ok(pair)
+}
+
+/// Sets a terminal's window size.
+pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
+}
+
+/// Makes the calling process a session leader with `fd` as its controlling terminal.
+pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() })?;
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// execve(2); returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Writes the boot-timer byte to the VMM's port so the host can time guest boot.
+pub fn hit_boot_timer() -> io::Result<()> {
+    let port = devices_abi::BOOT_TIMER_PORT;
+    // SAFETY: ioperm grants this process access to one port.
+    check(unsafe { libc::ioperm(port as libc::c_ulong, 1, 1) })?;
+    // SAFETY: port access was granted above; the VMM's boot timer ignores anything else.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") devices_abi::BOOT_TIMER_MAGIC, options(nomem, nostack));
+    }
+    Ok(())
+}
+
+/// The shared guest ABI constants (no dependency on the devices crate).
+#[path = "../../../devices/src/abi.rs"]
+#[allow(dead_code)]
+mod devices_abi;
