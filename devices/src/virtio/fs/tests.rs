@@ -1435,6 +1435,39 @@ fn symlinks_out_of_the_share_are_not_followed() {
         let (_, _, mode, ..) = g.getattr(l.nodeid).unwrap();
         assert_eq!(mode & libc::S_IFMT, libc::S_IFLNK);
     }
+    // Attribute changes on a link never reach its target (chmod/utimes go through our own
+    // /proc/self/fd entry, which names the link itself).
+    let before = std::fs::metadata(&secret).unwrap();
+    let l = g.lookup(ROOT, "secret-abs").unwrap();
+    let _ = g.setattr(l.nodeid, abi::fattr::MODE, |s| s.mode = 0o777);
+    let _ = g.setattr(l.nodeid, abi::fattr::ATIME | abi::fattr::MTIME, |s| {
+        s.atime = 1;
+        s.mtime = 1;
+    });
+    if is_root() {
+        let _ = g.setattr(l.nodeid, abi::fattr::UID | abi::fattr::GID, |s| {
+            s.uid = 4321;
+            s.gid = 4321;
+        });
+    }
+    let after = std::fs::metadata(&secret).unwrap();
+    assert_eq!(
+        (
+            after.mode(),
+            after.mtime(),
+            after.atime(),
+            after.uid(),
+            after.gid()
+        ),
+        (
+            before.mode(),
+            before.mtime(),
+            before.atime(),
+            before.uid(),
+            before.gid()
+        ),
+        "target untouched"
+    );
     // CREATE over an existing symlink must not write through it.
     assert_eq!(
         g.create(ROOT, "secret-abs", O_RDWR | libc::O_TRUNC, 0o644)
