@@ -17,6 +17,7 @@ pub mod fs;
 pub mod handler;
 mod interrupt;
 pub mod mmio;
+pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
