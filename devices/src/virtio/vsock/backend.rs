@@ -421,25 +421,28 @@ impl Backend {
 
     // ---- host events ---------------------------------------------------------------------
 
-    /// Handles whatever the host sockets reported.
-    pub fn process_host_events(&mut self) {
+    /// Handles whatever the host sockets reported. Returns how many events there were.
+    pub fn process_host_events(&mut self) -> usize {
         let mut events = [EpollEvent::default(); EVENT_BATCH];
+        let mut total = 0;
         for _ in 0..MAX_EVENT_ROUNDS {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     error!("vsock: epoll_wait failed: {e}");
-                    return;
+                    break;
                 }
             };
             for ev in &events[..n] {
                 self.handle_event(ev.data(), ev.event_set());
             }
+            total += n;
             if n < events.len() {
                 break;
             }
         }
+        total
     }
 
     fn handle_event(&mut self, token: u64, set: EventSet) {

@@ -180,8 +180,9 @@ impl Vsock {
         if self.active.is_none() {
             return;
         }
-        self.backend.process_host_events();
-        self.run(false);
+        if self.backend.process_host_events() > 0 {
+            self.run(false);
+        }
     }
 
     /// Marks the queues unusable until the driver resets the device, and tells the driver.

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::tempdir::TempDir;
 
 use super::test_driver::{self as td, Driver, GState, GuestStack, Key, RxLayout};
@@ -25,6 +26,9 @@ struct Env {
     dev: Vsock,
     irq: Arc<Interrupt>,
     g: GuestStack,
+    /// Stands in for the vmm's event loop: watches the device's host-events fd, so the
+    /// device only hears about host sockets when they are actually ready.
+    host_watch: Epoll,
 }
 
 fn env() -> Env {
@@ -36,12 +40,21 @@ fn env_with(event_idx: bool) -> Env {
     let path = dir.as_path().join("v.sock");
     let dev = Vsock::new(CID, path.clone()).unwrap();
     let drv = Driver::new(td::test_mem(), CID, event_idx);
+    let host_watch = Epoll::new().unwrap();
+    host_watch
+        .ctl(
+            ControlOperation::Add,
+            dev.host_events_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .unwrap();
     let mut e = Env {
         _dir: dir,
         path,
         dev,
         irq: Arc::new(Interrupt::new().unwrap()),
         g: GuestStack::new(drv),
+        host_watch,
     };
     e.activate();
     e
@@ -72,7 +85,11 @@ impl Env {
                 progress = true;
             }
         }
-        self.dev.process_host_events();
+        let mut ev = [EpollEvent::default(); 1];
+        if self.host_watch.wait(0, &mut ev).unwrap() > 0 {
+            self.dev.process_host_events();
+            progress = true;
+        }
         progress
     }
 
