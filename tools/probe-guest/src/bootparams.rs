@@ -3,6 +3,9 @@
 
 const E820_ENTRIES: usize = 0x1e8;
 const CMD_LINE_PTR: usize = 0x228;
+const RAMDISK_IMAGE: usize = 0x218;
+const RAMDISK_SIZE: usize = 0x21c;
+const EXT_RAMDISK_IMAGE: usize = 0x0c0;
 const EXT_CMD_LINE_PTR: usize = 0x0c8;
 const E820_TABLE: usize = 0x2d0;
 const E820_MAX: usize = 128;
@@ -63,6 +66,15 @@ impl BootParams {
             }
             core::slice::from_raw_parts(p, len)
         }
+    }
+
+    /// Physical address of the initrd the VMM loaded (0 if none).
+    pub fn initrd_addr(&self) -> u64 {
+        if self.read::<u32>(RAMDISK_SIZE) == 0 {
+            return 0;
+        }
+        u64::from(self.read::<u32>(RAMDISK_IMAGE))
+            | (u64::from(self.read::<u32>(EXT_RAMDISK_IMAGE)) << 32)
     }
 
     /// Number of E820 entries the VMM filled in.

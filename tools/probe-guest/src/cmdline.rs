@@ -32,6 +32,13 @@ impl<'a> Cmdline<'a> {
         })
     }
 
+    /// Values of every `key=value` token, in order (for repeatable keys).
+    pub fn values(&self, key: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let key = key.as_bytes();
+        self.tokens()
+            .filter_map(move |t| t.strip_prefix(key)?.strip_prefix(b"="))
+    }
+
     /// Whether a bare `key` token (or `key=...`) is present.
     pub fn has(&self, key: &str) -> bool {
         let key = key.as_bytes();
@@ -68,4 +75,15 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
         v = v.checked_mul(u64::from(radix))?.checked_add(u64::from(d))?;
     }
     Some(v)
+}
+
+/// Parse `a:b:c` numbers into `out`; returns how many there were, `None` on junk or if
+/// there are more than `out` holds.
+pub fn parse_fields(s: &[u8], out: &mut [u64]) -> Option<usize> {
+    let mut n = 0;
+    for f in s.split(|&c| c == b':') {
+        *out.get_mut(n)? = parse_u64(f)?;
+        n += 1;
+    }
+    Some(n)
 }

@@ -13,8 +13,10 @@ mod abi;
 
 mod boot;
 mod bootparams;
+mod check;
 #[allow(dead_code)] // Parser helpers for scenarios to come.
 mod cmdline;
+mod dma;
 #[allow(dead_code)] // Port/MMIO helpers for the virtio drivers to come.
 mod io;
 mod line;
@@ -25,6 +27,8 @@ mod rt;
 mod scenarios;
 mod serial;
 mod sys;
+#[allow(dead_code)] // Parts for the vsock and fs drivers to come.
+mod virtio;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -59,6 +63,7 @@ pub extern "C" fn probe_main(boot_params: u64) -> ! {
     // changes it afterwards.
     let boot = unsafe { BootParams::new(boot_params) };
     let cmdline = Cmdline::new(boot.cmdline());
+    dma::init(&boot);
     let name = cmdline.value("probe").unwrap_or(b"hello");
     NAME_PTR.store(name.as_ptr() as usize, Ordering::Relaxed);
     NAME_LEN.store(name.len(), Ordering::Relaxed);

@@ -34,7 +34,10 @@ pub fn echo(_: &Ctx) -> Outcome {
         n += 1;
     }
     let mut l = LineBuf::<300>::new();
-    l.str("PROBE-ECHO: ").bytes(&buf[..n]).str(" len=").dec(n as u64);
+    l.str("PROBE-ECHO: ")
+        .bytes(&buf[..n])
+        .str(" len=")
+        .dec(n as u64);
     serial::println(&mut l);
     Ok(())
 }

@@ -6,6 +6,7 @@ use crate::bootparams::BootParams;
 use crate::cmdline::Cmdline;
 
 mod basic;
+mod blk;
 mod cpuid;
 mod mem;
 mod smp;
@@ -58,6 +59,10 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "spin",
         run: basic::spin,
+    },
+    Scenario {
+        name: "blk",
+        run: blk::run,
     },
 ];
 
