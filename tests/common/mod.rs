@@ -145,3 +145,74 @@ pub fn probe(name: &str, extra: &[&str]) -> Output {
 pub fn host_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
+
+/// Boots the probe guest on scenario `name` with `params` appended to its command line
+/// (e.g. `"blk.write=0:8:1"`) and extra `capsa vm run` arguments.
+pub fn probe_cmdline(name: &str, params: &str, extra: &[&str]) -> Output {
+    let probe = probe_guest();
+    let cmdline = format!("console=ttyS0 probe={name} {params}");
+    let mut args = vec![
+        "vm",
+        "run",
+        "--kernel",
+        probe.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+impl Output {
+    /// Panics with the whole output unless the probe reported PASS for `scenario` and
+    /// capsa exited 0.
+    pub fn assert_probe_pass(&self, scenario: &str) {
+        self.assert_stdout_has(&format!("PROBE-RESULT: PASS {scenario}"));
+        assert_eq!(self.code(), Some(0), "{self}");
+    }
+
+    /// The value of `key=` on the line starting with `prefix`, or a panic with the output.
+    pub fn expect_field(&self, prefix: &str, key: &str) -> String {
+        self.field(prefix, key)
+            .unwrap_or_else(|| panic!("no {key}= on a line starting {prefix:?}\n{self}"))
+    }
+}
+
+/// FNV-1a 64, as the probe guest computes it (tools/probe-guest/src/check.rs).
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The probe guest's test pattern (`check::pattern_word`): `len` bytes of the stream for
+/// `seed` starting at stream offset `off` (a multiple of 8).
+pub fn probe_pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    assert_eq!(off % 8, 0);
+    let words = len.div_ceil(8) as u64;
+    let mut v: Vec<u8> = (0..words)
+        .flat_map(|w| mix((off / 8 + w) ^ seed.wrapping_mul(0xd6e8_feb8_6659_fd93)).to_le_bytes())
+        .collect();
+    v.truncate(len);
+    v
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), independent of the probe's pattern.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
