@@ -29,6 +29,8 @@ pub mod packet;
 mod sys;
 
 #[cfg(test)]
+mod fuzz_regressions;
+#[cfg(test)]
 mod test_driver;
 #[cfg(test)]
 mod tests;
@@ -200,6 +202,10 @@ impl Vsock {
     /// something to send and buffers to send it in, and interrupts the guest once.
     fn run(&mut self, tx: bool) {
         if self.broken {
+            // No queue work until the reset, but epoll interest must still follow what host
+            // events just changed: a level-triggered readable socket left in the set would
+            // keep the event loop spinning until the driver resets the device.
+            self.backend.commit();
             return;
         }
         let Some(active) = self.active.as_mut() else {
