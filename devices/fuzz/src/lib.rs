@@ -17,8 +17,10 @@ use devices::BusDevice;
 use vm_memory::{Bytes, GuestAddress};
 
 pub mod blk;
+pub mod fs;
 pub mod mmio;
 pub mod seeds;
+pub mod vsock;
 
 /// Every InterruptStatus bit a device may set.
 pub const INT_ALL: u32 = InterruptType::UsedBuffer.bit() | InterruptType::ConfigChange.bit();
@@ -169,9 +171,16 @@ pub struct QueueSetup {
 }
 
 /// The driver's side of device initialisation (virtio 1.2 §3.1.1) through the registers:
-/// negotiate `features` (as far as the device offers them), set up `queues` in order, and set
-/// DRIVER_OK. Returns the final status register.
+/// negotiate `features` (as far as the device offers them), set up `queues` as queues
+/// 0, 1, ... in order, and set DRIVER_OK. Returns the final status register.
 pub fn bring_up(t: &mut MmioTransport, features: u64, queues: &[QueueSetup]) -> u32 {
+    let indexed: Vec<(u32, QueueSetup)> = (0..).zip(queues.iter().copied()).collect();
+    bring_up_indexed(t, features, &indexed)
+}
+
+/// [`bring_up`] setting up only the listed (queue index, setup) pairs; other queues stay
+/// disabled.
+pub fn bring_up_indexed(t: &mut MmioTransport, features: u64, queues: &[(u32, QueueSetup)]) -> u32 {
     write_reg(t, regs::STATUS, 0);
     write_reg(t, regs::STATUS, status::ACKNOWLEDGE);
     write_reg(t, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
@@ -187,8 +196,8 @@ pub fn bring_up(t: &mut MmioTransport, features: u64, queues: &[QueueSetup]) -> 
     }
     let features_ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
     write_reg(t, regs::STATUS, features_ok);
-    for (i, q) in queues.iter().enumerate() {
-        write_reg(t, regs::QUEUE_SEL, i as u32);
+    for &(i, q) in queues {
+        write_reg(t, regs::QUEUE_SEL, i);
         write_reg(t, regs::QUEUE_NUM, q.size);
         write_reg(t, regs::QUEUE_DESC_LOW, q.desc as u32);
         write_reg(t, regs::QUEUE_DESC_HIGH, (q.desc >> 32) as u32);
