@@ -214,6 +214,11 @@ impl Block {
         };
         let mut used_any = false;
         let mut broken = None;
+        // Consecutive passes that popped nothing although the available index said there was
+        // more. One such pass is a normal race: after a notification we had already served,
+        // the driver published a new chain between our last pop and re-enabling
+        // notifications. The next pass then finds it; a second empty one means the ring lies.
+        let mut empty_passes = 0;
         'outer: loop {
             // With notifications off the driver does not kick while we drain the ring.
             if let Err(e) = queue.disable_notification(&*mem) {
@@ -245,12 +250,14 @@ impl Block {
             // Re-enabling can reveal buffers added in the meantime; go around again.
             match queue.enable_notification(&*mem) {
                 Ok(false) => break,
-                // More work announced but nothing could be popped: the ring is lying.
                 Ok(true) if popped == 0 => {
-                    broken = Some("available index moves but no chain can be read".into());
-                    break;
+                    empty_passes += 1;
+                    if empty_passes > 1 {
+                        broken = Some("available index moves but no chain can be read".into());
+                        break;
+                    }
                 }
-                Ok(true) => {}
+                Ok(true) => empty_passes = 0,
                 Err(e) => {
                     broken = Some(format!("cannot enable notifications: {e}"));
                     break;
