@@ -27,7 +27,6 @@ mod rt;
 mod scenarios;
 mod serial;
 mod sys;
-#[allow(dead_code)] // Parts for the vsock and fs drivers to come.
 mod virtio;
 
 use core::sync::atomic::{AtomicUsize, Ordering};

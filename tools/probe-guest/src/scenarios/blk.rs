@@ -257,6 +257,8 @@ impl Blk {
                     let mut l = Line::new();
                     l.str("PROBE-VIRTIO: timeout dev=")
                         .hex(self.t.slot.base)
+                        .str(" irq=")
+                        .dec(self.t.slot.irq)
                         .str(" status=")
                         .hex(u64::from(self.t.status()))
                         .str(" in_flight=")

@@ -8,8 +8,10 @@ use crate::cmdline::Cmdline;
 mod basic;
 mod blk;
 mod cpuid;
+mod fs;
 mod mem;
 mod smp;
+mod vsock;
 
 /// What a scenario gets.
 pub struct Ctx<'a> {
@@ -63,6 +65,14 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "blk",
         run: blk::run,
+    },
+    Scenario {
+        name: "vsock",
+        run: vsock::run,
+    },
+    Scenario {
+        name: "fs",
+        run: fs::run,
     },
 ];
 

@@ -208,12 +208,6 @@ impl Virtqueue {
         }
     }
 
-    /// Notifies the device unconditionally.
-    pub fn notify(&self) {
-        fence(Ordering::SeqCst);
-        self.notify.write32(0, u32::from(self.index));
-    }
-
     /// The next used element `(head, len)`, freeing its descriptors; `Ok(None)` when the
     /// device has not returned anything new.
     pub fn pop_used(&mut self) -> Result<Option<(u16, u32)>, &'static str> {
