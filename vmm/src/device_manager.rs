@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use devices::abi::*;
 use devices::legacy::{BootTimer, Serial, I8042};
+use devices::virtio::block::Block;
+use devices::virtio::fs::Fs;
+use devices::virtio::vsock::{Vsock, VsockEventHandler};
 use devices::virtio::{mmio, MmioTransport, VirtioDevice};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -65,6 +68,26 @@ pub fn virtio_cmdline_param(index: usize) -> Result<String, DeviceError> {
     Ok(mmio::kernel_cmdline_device(base, irq))
 }
 
+/// A virtio device backend, by kind (the kind decides how the event loop drives it).
+pub enum VirtioBackend {
+    /// virtio-blk.
+    Block(Arc<Mutex<Block>>),
+    /// virtio-fs.
+    Fs(Arc<Mutex<Fs>>),
+    /// virtio-vsock.
+    Vsock(Arc<Mutex<Vsock>>),
+}
+
+impl VirtioBackend {
+    fn as_virtio(&self) -> Arc<Mutex<dyn VirtioDevice>> {
+        match self {
+            VirtioBackend::Block(d) => d.clone(),
+            VirtioBackend::Fs(d) => d.clone(),
+            VirtioBackend::Vsock(d) => d.clone(),
+        }
+    }
+}
+
 /// A subscriber the event loop must run for a device.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -76,10 +99,10 @@ pub fn attach_virtio(
     mmio_bus: &mut Bus,
     mem: &GuestMemoryMmap,
     index: usize,
-    device: Arc<Mutex<dyn VirtioDevice>>,
+    device: &VirtioBackend,
 ) -> Result<Subscriber, DeviceError> {
     let (base, irq) = virtio_slot(index)?;
-    let transport = MmioTransport::new(mem.clone(), device)?;
+    let transport = MmioTransport::new(mem.clone(), device.as_virtio())?;
     let notify = base + mmio::QUEUE_NOTIFY_OFFSET;
     for (q, evt) in transport.queue_events().iter().enumerate() {
         vm.register_ioevent(evt, &IoEventAddress::Mmio(notify), q as u32)
@@ -90,13 +113,17 @@ pub fn attach_virtio(
     }
     vm.register_irqfd(transport.interrupt().eventfd(), irq)
         .map_err(|source| DeviceError::Irqfd { gsi: irq, source })?;
-    let handler = transport.event_handler().map_err(DeviceError::EventFd)?;
-    mmio_bus.insert(
-        Arc::new(Mutex::new(transport)),
-        base,
-        mmio::MMIO_WINDOW_SIZE,
-    )?;
-    Ok(Arc::new(Mutex::new(handler)))
+    let handler: Subscriber = match device {
+        // vsock also reacts to host socket events, so it has its own handler.
+        VirtioBackend::Vsock(v) => Arc::new(Mutex::new(
+            VsockEventHandler::for_transport(v.clone(), &transport).map_err(DeviceError::EventFd)?,
+        )),
+        _ => Arc::new(Mutex::new(
+            transport.event_handler().map_err(DeviceError::EventFd)?,
+        )),
+    };
+    mmio_bus.insert(Arc::new(Mutex::new(transport)), base, mmio::MMIO_WINDOW_SIZE)?;
+    Ok(handler)
 }
 
 /// The legacy devices every VM has.

@@ -29,8 +29,10 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use arch::cpuid::{FeatureMask, PVM_MASKS};
 use arch::{boot, layout, mptable};
 use bus::Bus;
+use device_manager::VirtioBackend;
 use devices::virtio::block::{Block, BlockConfig};
-use devices::virtio::VirtioDevice;
+use devices::virtio::fs::Fs;
+use devices::virtio::vsock::Vsock;
 use event_loop::{Control, SerialInput, StopCause};
 use vstate::vcpu::{Vcpu, VcpuEnd, VcpuShared};
 use vstate::{kvm, vm};
@@ -77,6 +79,27 @@ pub struct DiskConfig {
     pub id: Option<String>,
 }
 
+/// A virtio-fs share.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Tag the guest mounts (`mount -t virtiofs TAG /mnt`).
+    pub tag: String,
+    /// Host directory shared (the guest cannot reach outside it).
+    pub dir: PathBuf,
+    /// Refuse guest writes.
+    pub read_only: bool,
+}
+
+/// The virtio-vsock device, with Firecracker-style hybrid vsock on the host.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// Guest context id (3 or more).
+    pub cid: u64,
+    /// Host Unix socket: connect and send `CONNECT <port>\n` to reach a guest port;
+    /// guest connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
 /// Everything needed to build a VM.
 pub struct VmConfig {
     /// ELF vmlinux or bzImage.
@@ -105,6 +128,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Per-thread setup (e.g. seccomp filters).
     pub thread_hook: Option<ThreadHook>,
+    /// virtio-fs shares, after the disks.
+    pub shares: Vec<FsConfig>,
+    /// The vsock device, after the shares.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -124,6 +151,8 @@ impl VmConfig {
             cpuid_masks: None,
             disks: Vec::new(),
             thread_hook: None,
+            shares: Vec::new(),
+            vsock: None,
         }
     }
 }
@@ -160,6 +189,19 @@ pub enum Error {
         /// Why.
         source: devices::virtio::block::BlockError,
     },
+    /// A share could not be set up.
+    #[error("shared directory {tag}={path}: {source}")]
+    Share {
+        /// Its tag.
+        tag: String,
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: devices::virtio::fs::FsError,
+    },
+    /// The vsock device could not be set up.
+    #[error("vsock: {0}")]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
     /// Host resource failure (threads, fds, event loop).
     #[error("{what}: {reason}")]
     Host {
@@ -264,7 +306,7 @@ impl Vm {
             .transpose()?;
         // Device backends open their host files now, so a bad path is reported before
         // any KVM work too.
-        let mut virtio: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
+        let mut virtio: Vec<VirtioBackend> = Vec::new();
         for (i, d) in config.disks.iter().enumerate() {
             let block = Block::new(&BlockConfig {
                 path: d.path.clone(),
@@ -275,7 +317,21 @@ impl Vm {
                 path: d.path.clone(),
                 source,
             })?;
-            virtio.push(Arc::new(Mutex::new(block)));
+            virtio.push(VirtioBackend::Block(Arc::new(Mutex::new(block))));
+        }
+        for sh in &config.shares {
+            let fs = Fs::new(&sh.tag, sh.dir.clone(), sh.read_only).map_err(|source| {
+                Error::Share {
+                    tag: sh.tag.clone(),
+                    path: sh.dir.clone(),
+                    source,
+                }
+            })?;
+            virtio.push(VirtioBackend::Fs(Arc::new(Mutex::new(fs))));
+        }
+        if let Some(v) = &config.vsock {
+            let dev = Vsock::new(v.cid, v.uds.clone())?;
+            virtio.push(VirtioBackend::Vsock(Arc::new(Mutex::new(dev))));
         }
         let params = (0..virtio.len())
             .map(device_manager::virtio_cmdline_param)
@@ -305,7 +361,7 @@ impl Vm {
             device_manager::attach_legacy(&vm_fd, &mut pio, serial_out, config.start_time)?;
         let mut mmio_bus = Bus::new();
         let mut subscribers = Vec::new();
-        for (i, dev) in virtio.into_iter().enumerate() {
+        for (i, dev) in virtio.iter().enumerate() {
             subscribers.push(device_manager::attach_virtio(
                 &vm_fd,
                 &mut mmio_bus,
