@@ -39,7 +39,7 @@ for t in $(cargo fuzz list); do
     if cargo fuzz run "${sanitizer[@]}" "$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
         -print_final_stats=1 >"$log" 2>&1; then
-        grep -E '^#[0-9]+ +DONE' "$log" | sed "s/^/$t: /" >&2 || true
+        grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | sed "s/^/$t: /" >&2 || true
         grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' "$log" |
             sed "s/^/$t: /" >&2 || true
         passed=$((passed + 1))

@@ -284,11 +284,17 @@ thread_local! {
 /// What a run left behind, for the seed tests.
 pub struct Outcome {
     pub mem: devices::virtio::GuestMemoryMmap,
-    /// The share's files after the run: (path relative to the share, contents or None).
-    pub files: Vec<(String, Option<Vec<u8>>)>,
+    /// The share's entries after the run: (path relative to the share, size, the first
+    /// [`PREFIX`] bytes of a regular file).
+    pub files: Vec<(String, u64, Option<Vec<u8>>)>,
 }
 
-fn share_files(share: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+/// How much of each file the harness reads back: the guest can make sparse files of any
+/// size (truncate, write far out), and reading those whole would be the harness's own OOM.
+pub const PREFIX: u64 = 64 * 1024;
+
+fn share_files(share: &Path) -> Vec<(String, u64, Option<Vec<u8>>)> {
+    use std::io::Read;
     let mut out = Vec::new();
     let mut stack = vec![share.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -302,13 +308,19 @@ fn share_files(share: &Path) -> Vec<(String, Option<Vec<u8>>)> {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
+            let size = e.metadata().map_or(0, |m| m.len());
             match e.file_type() {
                 Ok(t) if t.is_dir() => {
                     stack.push(p);
-                    out.push((rel + "/", None));
+                    out.push((rel + "/", size, None));
                 }
-                Ok(t) if t.is_file() => out.push((rel, fs::read(&p).ok())),
-                _ => out.push((rel, None)),
+                Ok(t) if t.is_file() => {
+                    let mut prefix = Vec::new();
+                    let read =
+                        fs::File::open(&p).and_then(|f| f.take(PREFIX).read_to_end(&mut prefix));
+                    out.push((rel, size, read.ok().map(|_| prefix)));
+                }
+                _ => out.push((rel, size, None)),
             }
         }
     }

@@ -1278,7 +1278,7 @@ mod tests {
     }
 
     fn file<'a>(out: &'a crate::fs::Outcome, name: &str) -> Option<&'a Vec<u8>> {
-        out.files.iter().find(|f| f.0 == name)?.1.as_ref()
+        out.files.iter().find(|f| f.0 == name)?.2.as_ref()
     }
 
     #[test]
