@@ -21,3 +21,6 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --workspace -- --test-threads=2
+
+step "fuzz targets, 20 s each (devices/fuzz/README.md)"
+bash devices/fuzz/run-all.sh 20
