@@ -455,6 +455,15 @@ fn virtio_fs(l: &mut List) {
             }],
         );
     }
+    // Removing a share made by capsa (the agent's guest root) when the VM ends:
+    // std::fs::remove_dir_all stats the top, then glibc's fdopendir checks each directory
+    // fd's mode and sets FD_CLOEXEC.
+    l.allow_if(sys!(SYS_statx), &[eq!(2, libc::AT_SYMLINK_NOFOLLOW)]);
+    l.allow_if(sys!(SYS_fcntl), &[eq!(1, libc::F_GETFL)]);
+    l.allow_if(
+        sys!(SYS_fcntl),
+        &[eq!(1, libc::F_SETFD), eq!(2, libc::FD_CLOEXEC)],
+    );
     // Regular files, FIFOs and sockets only: never a device node, which would hand the
     // guest a host device.
     for t in [0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK] {
