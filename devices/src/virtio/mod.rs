@@ -13,6 +13,7 @@
 //!   EventFds on the vmm's event-loop thread and calls [`VirtioDevice::process_queue`].
 
 pub mod block;
+mod drain;
 pub mod fs;
 pub mod handler;
 mod interrupt;

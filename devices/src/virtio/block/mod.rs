@@ -18,8 +18,9 @@ use std::sync::Arc;
 use tracing::{debug, error, warn};
 use virtio_bindings::virtio_blk as vb;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 
+use super::drain::{drain_queue, Drained};
 use super::{features, ActivateError, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use disk::Disk;
 use request::RequestContext;
@@ -212,58 +213,9 @@ impl Block {
             limits,
             acked_features: *acked_features,
         };
-        let mut used_any = false;
-        let mut broken = None;
-        // Consecutive passes that popped nothing although the available index said there was
-        // more. One such pass is a normal race: after a notification we had already served,
-        // the driver published a new chain between our last pop and re-enabling
-        // notifications. The next pass then finds it; a second empty one means the ring lies.
-        let mut empty_passes = 0;
-        'outer: loop {
-            // With notifications off the driver does not kick while we drain the ring.
-            if let Err(e) = queue.disable_notification(&*mem) {
-                broken = Some(format!("cannot disable notifications: {e}"));
-                break;
-            }
-            let mut popped = 0usize;
-            loop {
-                let chain = match queue.iter(&*mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        // E.g. the driver moved avail.idx more than a ring's worth ahead.
-                        broken = Some(format!("available ring is corrupt: {e}"));
-                        break 'outer;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                popped += 1;
-                let head = chain.head_index();
-                let len = request::handle_chain(chain, mem, &mut ctx);
-                if let Err(e) = queue.add_used(&*mem, head, len) {
-                    // Only fails for a head index outside the ring, i.e. a bogus chain we
-                    // cannot return; the driver loses it.
-                    warn!("virtio-blk: cannot return descriptor {head}: {e}");
-                    continue;
-                }
-                used_any = true;
-            }
-            // Re-enabling can reveal buffers added in the meantime; go around again.
-            match queue.enable_notification(&*mem) {
-                Ok(false) => break,
-                Ok(true) if popped == 0 => {
-                    empty_passes += 1;
-                    if empty_passes > 1 {
-                        broken = Some("available index moves but no chain can be read".into());
-                        break;
-                    }
-                }
-                Ok(true) => empty_passes = 0,
-                Err(e) => {
-                    broken = Some(format!("cannot enable notifications: {e}"));
-                    break;
-                }
-            }
-        }
+        let Drained { used_any, broken } = drain_queue(queue, mem, "virtio-blk", |chain| {
+            request::handle_chain(chain, mem, &mut ctx)
+        });
         if used_any {
             // Without EVENT_IDX this is always true; with it, the driver's used_event decides.
             let notify = queue.needs_notification(&*mem).unwrap_or(true);

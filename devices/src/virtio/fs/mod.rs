@@ -36,8 +36,9 @@ use std::sync::Arc;
 
 use tracing::{debug, error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 
+use super::drain::{drain_queue, Drained};
 use super::{features, ActivateError, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use server::Server;
 
@@ -193,47 +194,9 @@ impl Fs {
             warn!("virtio-fs: notification for disabled queue {index}");
             return;
         };
-        let mut used_any = false;
-        let mut broken = None;
-        'outer: loop {
-            // With notifications off the driver does not kick while we drain the ring.
-            if let Err(e) = queue.disable_notification(&*mem) {
-                broken = Some(format!("cannot disable notifications: {e}"));
-                break;
-            }
-            let mut popped = 0usize;
-            loop {
-                let chain = match queue.iter(&*mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        broken = Some(format!("available ring {index} is corrupt: {e}"));
-                        break 'outer;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                popped += 1;
-                let head = chain.head_index();
-                let len = queue::handle_chain(chain, mem, server);
-                if let Err(e) = queue.add_used(&*mem, head, len) {
-                    warn!("virtio-fs: cannot return descriptor {head}: {e}");
-                    continue;
-                }
-                used_any = true;
-            }
-            // Re-enabling can reveal buffers added in the meantime; go around again.
-            match queue.enable_notification(&*mem) {
-                Ok(false) => break,
-                Ok(true) if popped == 0 => {
-                    broken = Some("available index moves but no chain can be read".into());
-                    break;
-                }
-                Ok(true) => {}
-                Err(e) => {
-                    broken = Some(format!("cannot enable notifications: {e}"));
-                    break;
-                }
-            }
-        }
+        let Drained { used_any, broken } = drain_queue(queue, mem, "virtio-fs", |chain| {
+            queue::handle_chain(chain, mem, server)
+        });
         if used_any && queue.needs_notification(&*mem).unwrap_or(true) {
             if let Err(e) = interrupt.trigger(InterruptType::UsedBuffer) {
                 warn!("virtio-fs: cannot signal used-buffer interrupt: {e}");
