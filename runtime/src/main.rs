@@ -1,11 +1,13 @@
 //! `capsa`: OCI runtime and micro-VMM in one binary.
 
 mod agent;
+mod agent_cmd;
 mod cgroups;
 mod check;
 mod guest;
-mod initramfs;
+mod guest_root;
 mod probe;
+mod sandbox;
 mod vm_cmd;
 
 use std::process::ExitCode;
@@ -34,6 +36,9 @@ enum Command {
     Vm(vm_cmd::VmCommand),
     /// Report whether this host can run capsa, and how to fix what is missing.
     Check,
+    /// Talk to the guest agent of a VM started with `capsa vm run --agent`.
+    #[command(subcommand)]
+    Agent(agent_cmd::AgentCommand),
 }
 
 fn init_logging(level: Option<&str>) {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vm(cmd) => vm_cmd::run(cmd, start),
         Command::Check => check::run(),
+        Command::Agent(cmd) => agent_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use vmm::{DiskConfig, SerialOutput, Vm, VmConfig, VmExit};
+use vmm::{DiskConfig, FsConfig, SerialOutput, Vm, VmConfig, VmExit, VsockConfig};
 
 #[derive(Subcommand)]
 pub enum VmCommand {
@@ -39,10 +39,76 @@ pub struct RunArgs {
     /// KVM device node.
     #[arg(long, default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// Boot the capsa guest agent: capsa itself becomes the guest's /init, on a read-only
+    /// virtio-fs root (tag `capsa-root`), and the kernel command line gets the options
+    /// capsa's guest kernel wants (plus the PVM workarounds on PVM hosts). Needs a kernel
+    /// from guest-kernel/.
+    #[arg(long, conflicts_with = "initrd")]
+    agent: bool,
     /// virtio-blk disk: `PATH[,ro][,id=SERIAL]` (repeatable; the guest sees them in order).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
+    /// virtio-fs share: `TAG=DIR[,ro]` (repeatable); the guest mounts it with
+    /// `mount -t virtiofs TAG /mnt`.
+    #[arg(long = "fs", value_parser = parse_share)]
+    shares: Vec<FsConfig>,
+    /// Guest CID of the virtio-vsock device (3 or more); needs --vsock-uds.
+    #[arg(long, requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    /// Host Unix socket of the vsock device: connect and write `CONNECT <port>\n` to
+    /// reach a guest port; guest connections to host port P go to `<PATH>_P`.
+    #[arg(long, requires = "vsock_cid")]
+    vsock_uds: Option<PathBuf>,
+    #[command(flatten)]
+    sandbox: crate::sandbox::SandboxArgs,
 }
+
+/// Parses `TAG=DIR[,ro]`.
+fn parse_share(s: &str) -> Result<FsConfig, String> {
+    let (tag, rest) = s.split_once('=').ok_or("expected TAG=DIR[,ro]")?;
+    let mut parts = rest.split(',');
+    let dir = parts.next().filter(|d| !d.is_empty()).ok_or("empty share directory")?;
+    let mut share = FsConfig {
+        tag: tag.to_string(),
+        dir: dir.into(),
+        read_only: false,
+    };
+    for opt in parts {
+        match opt {
+            "ro" => share.read_only = true,
+            "rw" => share.read_only = false,
+            _ => return Err(format!("unknown share option {opt:?} (expected ro or rw)")),
+        }
+    }
+    Ok(share)
+}
+
+/// Kernel command line for capsa's guest kernel running the agent.
+///
+/// - `root=capsa-root rootfstype=virtiofs ro init=/init`: the guest root is the read-only
+///   share made by [`crate::guest_root`]; the guest reads only the pages of capsa it
+///   runs, straight from the host file, instead of unpacking an initramfs.
+/// - `reboot=k panic=1`: a reboot or panic resets through the i8042, ending the VM.
+/// - `tsc=reliable no_timer_check noreplace-smp quiet`: skip checks and work a VM does
+///   not need.
+/// - On PVM hosts ([`PVM_CMDLINE`]): `capsa.pvm=1` switches on the guest-kernel workarounds
+///   (guest-kernel/patches); the rest keeps the kernel off instructions and paths that PVM's
+///   ring-0 emulator lacks or runs slowly.
+pub fn agent_cmdline(pvm: bool) -> String {
+    let mut c = format!(
+        "console=ttyS0 root={} rootfstype=virtiofs ro init=/init reboot=k panic=1 quiet tsc=reliable no_timer_check noreplace-smp",
+        crate::guest_root::ROOT_TAG
+    );
+    if pvm {
+        c.push(' ');
+        c.push_str(PVM_CMDLINE);
+    }
+    c
+}
+
+/// Guest kernel options for PVM hosts. `noxsave` and `clearcpuid=` are needed on top of the
+/// VMM's CPUID masks: the guest kernel still found XSAVE with the masks alone.
+pub const PVM_CMDLINE: &str = "capsa.pvm=1 rodata=off percpu_alloc=page mitigations=off noxsave clearcpuid=smap,popcnt,fsgsbase,rdrand,rdseed,rdpid,pku,avx,avx2,erms,fsrm";
 
 /// Parses `PATH[,ro][,id=SERIAL]`.
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -78,6 +144,10 @@ pub fn run(cmd: VmCommand, start: Instant) -> anyhow::Result<ExitCode> {
 }
 
 fn run_vm(args: RunArgs, start: Instant) -> anyhow::Result<ExitCode> {
+    // Before capsa opens anything: inherited fds are closed, but those named /dev/fd/N.
+    let disks = args.disks.iter().map(|d| d.path.as_path());
+    let named = args.kernel.iter().chain(&args.initrd).map(|p| p.as_path());
+    crate::sandbox::harden_process(named.chain(disks).chain([args.serial.as_ref()]))?;
     // The built-in probe guest lives in a memfd; keep it open until the kernel is loaded.
     let (kernel, _probe_fd, default_cmdline) = match args.kernel {
         Some(k) => (k, None, "console=ttyS0 reboot=k panic=1".to_string()),
@@ -92,7 +162,18 @@ fn run_vm(args: RunArgs, start: Instant) -> anyhow::Result<ExitCode> {
         path => (SerialOutput::File(path.into()), false),
     };
     let mut config = VmConfig::new(kernel);
+    let mut _guest_root = None;
+    if args.agent {
+        let root = crate::guest_root::GuestRoot::create().context("preparing the guest root")?;
+        config.shares.push(root.share());
+        _guest_root = Some(root);
+    }
     config.initrd = args.initrd;
+    let default_cmdline = if args.agent {
+        agent_cmdline(vmm::vstate::kvm::host_is_pvm())
+    } else {
+        default_cmdline
+    };
     config.cmdline = args.cmdline.unwrap_or(default_cmdline);
     config.mem_mib = args.mem_mib;
     config.vcpus = args.vcpus;
@@ -102,8 +183,15 @@ fn run_vm(args: RunArgs, start: Instant) -> anyhow::Result<ExitCode> {
     config.start_time = start;
     config.handle_signals = true;
     config.disks = args.disks;
+    if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {
+        config.vsock = Some(VsockConfig { cid, uds });
+    }
 
+    config.shares.extend(args.shares);
+    config.thread_hook = args.sandbox.thread_hook(&config)?;
+    let jail = args.sandbox.jail(&config);
     let vm = Vm::new(config)?;
+    jail.enter()?;
     let report = vm.run()?;
     Ok(match report.exit {
         VmExit::Reset | VmExit::Shutdown => ExitCode::SUCCESS,
@@ -134,5 +222,15 @@ mod tests {
             .unwrap_err()
             .contains("unknown disk option"));
         assert!(parse_disk("a.img,id=").is_err());
+    }
+
+    #[test]
+    fn share_options() {
+        let s = parse_share("rootfs=/srv/x,ro").unwrap();
+        assert_eq!((s.tag.as_str(), s.dir.to_str().unwrap(), s.read_only), ("rootfs", "/srv/x", true));
+        assert!(!parse_share("t=/d").unwrap().read_only);
+        assert!(parse_share("/d").is_err());
+        assert!(parse_share("t=").is_err());
+        assert!(parse_share("t=/d,bogus").unwrap_err().contains("unknown share option"));
     }
 }

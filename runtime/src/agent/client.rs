@@ -136,11 +136,6 @@ impl AgentClient {
         })
     }
 
-    /// Another control connection to the same agent (e.g. for a blocking `Wait`).
-    pub fn another(&self) -> Result<Self, ClientError> {
-        Self::connect(&self.uds, Duration::from_secs(5))
-    }
-
     /// Sends `req` and returns the reply; agent errors become [`ClientError::Agent`].
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         write_frame(&mut self.stream, req)?;
