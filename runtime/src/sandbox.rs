@@ -21,9 +21,9 @@ pub struct SandboxArgs {
     /// and the kernel logs it (audit record type=1326, see dmesg). 0 (or off): no filter.
     #[arg(long, value_name = "0|1|2", default_value = "2", value_parser = parse_level)]
     pub seccomp_level: Level,
-    /// Once the kernel, initrd, disks and /dev/kvm are open, make DIR (created if missing)
-    /// the process's root: an empty read-only tmpfs in a private mount namespace, so the
-    /// VMM sees no host file. Needs CAP_SYS_ADMIN.
+    /// Once the kernel, initrd, disks, shares and /dev/kvm are open, make DIR (created if
+    /// missing) the process's root: a read-only tmpfs in a private mount namespace, empty
+    /// but for the vsock socket's directory (bind-mounted). Needs CAP_SYS_ADMIN.
     #[arg(long, value_name = "DIR")]
     pub chroot: Option<PathBuf>,
 }
@@ -106,9 +106,10 @@ fn fds_named_by<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<RawFd> {
 }
 
 /// Process-wide hardening, to be called before capsa opens anything: closes every fd
-/// above stderr but those `named` as `/dev/fd/N` or `/proc/self/fd/N`, sets no_new_privs, disables core dumps and ptrace by other
-/// processes of the same user (guest memory must not leak through either), and sets
-/// RLIMIT_NOFILE to a fixed value that cannot be raised again.
+/// above stderr but those `named` as `/dev/fd/N` or `/proc/self/fd/N`, sets no_new_privs,
+/// disables core dumps and ptrace by other processes of the same user (guest memory must
+/// leak through neither), and pins RLIMIT_NOFILE: soft = hard = the old hard limit (at
+/// most 2^20), as virtio-fs needs, and never raised again.
 pub fn harden_process<'a>(named: impl IntoIterator<Item = &'a Path>) -> anyhow::Result<()> {
     let keep = fds_named_by(named);
     close_inherited_fds(&keep)?;
