@@ -139,3 +139,18 @@ pub trait VirtioDevice: Send {
         false
     }
 }
+
+/// Copies the bytes of `space` at `offset` into `data` for a guest config read. Bytes past
+/// the end of the space read as zero; a read starting or running past it is logged.
+pub(crate) fn read_config_space(device: &str, space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(start) = usize::try_from(offset).ok().filter(|s| *s < space.len()) else {
+        tracing::warn!("{device}: config read at {offset:#x} beyond config space");
+        return;
+    };
+    let end = start.saturating_add(data.len()).min(space.len());
+    if end - start < data.len() {
+        tracing::warn!("{device}: config read at {offset:#x} crosses end of config space");
+    }
+    data[..end - start].copy_from_slice(&space[start..end]);
+}

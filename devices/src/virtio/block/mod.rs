@@ -21,6 +21,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 
 use super::drain::{drain_queue, Drained};
+use super::read_config_space;
 use super::{features, ActivateError, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use disk::Disk;
 use request::RequestContext;
@@ -279,18 +280,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let len = self.config_space.len() as u64;
-        if offset >= len {
-            warn!("virtio-blk: config read at {offset:#x} beyond config space");
-            return;
-        }
-        let start = offset as usize;
-        let end = (start + data.len()).min(self.config_space.len());
-        if end - start < data.len() {
-            warn!("virtio-blk: config read at {offset:#x} crosses end of config space");
-        }
-        data[..end - start].copy_from_slice(&self.config_space[start..end]);
+        read_config_space("virtio-blk", &self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
