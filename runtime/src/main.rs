@@ -6,6 +6,7 @@ mod cgroups;
 mod check;
 mod guest;
 mod guest_root;
+mod oci;
 mod probe;
 mod sandbox;
 mod vm_cmd;
@@ -25,6 +26,9 @@ struct Cli {
     /// Log filter for stderr (tracing env-filter syntax); RUST_LOG also works.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// runc's global options (OCI commands).
+    #[command(flatten)]
+    oci: oci::cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +43,9 @@ enum Command {
     /// Talk to the guest agent of a VM started with `capsa vm run --agent`.
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
+    /// The runc-compatible OCI commands (create, start, state, kill, delete, ...).
+    #[command(flatten)]
+    Oci(oci::cli::OciCommand),
 }
 
 fn init_logging(level: Option<&str>) {
@@ -69,11 +76,16 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse();
+    // OCI commands log as runc does (--log, --log-format).
+    if let Command::Oci(cmd) = cli.command {
+        return oci::main(cli.oci, cmd);
+    }
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         Command::Vm(cmd) => vm_cmd::run(cmd, start),
         Command::Check => check::run(),
         Command::Agent(cmd) => agent_cmd::run(cmd),
+        Command::Oci(_) => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,

@@ -99,12 +99,26 @@ pub enum RootfsSource {
         /// Filesystem type to mount (e.g. ext4).
         fstype: String,
     },
+    /// A directory inside a virtio-fs share: the agent mounts the share once, at
+    /// [`SHARES_DIR`]`/<tag>`, and binds `<that>/<path>` as the rootfs. A sandbox shares
+    /// one host directory and binds each container's rootfs under it on the host, since
+    /// shares cannot be added to a running VM.
+    SharedDir {
+        /// The share's tag.
+        tag: String,
+        /// Relative path inside the share.
+        path: String,
+    },
     /// A directory that already exists in the guest (tests, agent-only VMs).
     GuestPath {
         /// Absolute path in the guest.
         path: String,
     },
 }
+
+/// Where the guest agent mounts the shares of [`RootfsSource::SharedDir`]; spec mounts may
+/// name paths below it.
+pub const SHARES_DIR: &str = "/run/capsa-shares";
 
 /// A process to run: the OCI process object, as in config.json.
 pub type ProcessSpec = oci_spec::runtime::Process;

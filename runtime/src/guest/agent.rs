@@ -17,7 +17,7 @@ use super::sys;
 use super::vsock::VsockListener;
 use crate::agent::protocol::{
     read_frame, write_frame, ErrorKind, ExitStatus, FrameError, Request, Response, RootfsSource,
-    Stats, StreamHello, StreamKind, CONTROL_PORT, PROTOCOL_VERSION, STREAM_PORT,
+    Stats, StreamHello, StreamKind, CONTROL_PORT, PROTOCOL_VERSION, SHARES_DIR, STREAM_PORT,
 };
 
 type Reply = Result<Response, (ErrorKind, String)>;
@@ -350,11 +350,40 @@ fn mount_rootfs(src: &RootfsSource, target: &Path) -> Result<(), String> {
             let dev = dev.to_string_lossy().into_owned();
             sys::mount(Some(&dev), target, Some(fstype), 0, None)
         }
+        RootfsSource::SharedDir { tag, path } => {
+            let dir = mount_share(tag)?.join(relative_path(path)?);
+            let dir = dir.to_string_lossy();
+            sys::mount(Some(&dir), target, None, libc::MS_BIND | libc::MS_REC, None)
+        }
         RootfsSource::GuestPath { path } => {
             sys::mount(Some(path), target, None, libc::MS_BIND | libc::MS_REC, None)
         }
     }
     .map_err(|e| e.to_string())
+}
+
+/// `path` as a relative path that stays inside its base (no "..", no leading "/").
+fn relative_path(path: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let p = Path::new(path);
+    if path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!("invalid path {path:?} in a share"));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Mounts share `tag` at SHARES_DIR/<tag> unless already mounted; returns the mount point.
+fn mount_share(tag: &str) -> Result<PathBuf, String> {
+    static MOUNTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let dir = Path::new(SHARES_DIR).join(relative_path(tag)?);
+    let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !mounted.iter().any(|t| t == tag) {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        sys::mount(Some(tag), &dir, Some("virtiofs"), 0, None)
+            .map_err(|e| format!("mounting share {tag}: {e}"))?;
+        mounted.push(tag.to_string());
+    }
+    Ok(dir)
 }
 
 fn clone_flags(spec: &Spec) -> Result<(libc::c_int, Vec<String>), String> {
@@ -847,6 +876,17 @@ mod tests {
         assert!(!valid_id(".hidden"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn share_paths_stay_inside_the_share() {
+        assert_eq!(
+            relative_path("c1/rootfs").unwrap(),
+            PathBuf::from("c1/rootfs")
+        );
+        for bad in ["", "/abs", "../x", "a/../../x", "./a"] {
+            assert!(relative_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Capability names as OCI specs spell them, and their numbers.
 
-const NAMES: &[&str] = &[
+/// Capability names by number.
+pub const NAMES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
