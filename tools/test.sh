@@ -11,6 +11,18 @@ uname -r >&2
 ls -l /dev/kvm >&2 || { echo "capsa tests need /dev/kvm" >&2; exit 1; }
 cargo --version >&2
 
+step "packages the tests use (Debian)"
+need=()
+for p in busybox-static; do
+	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || need+=("$p")
+done
+if ((${#need[@]})); then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+fi
+
+step "guest kernel (guest-kernel/build.sh, cached in ~/.cache/capsa)"
+bash guest-kernel/build.sh >&2
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 (cd tools/probe-guest && cargo fmt -- --check)

@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use crate::agent::client::{read_all, AgentClient};
-use crate::agent::protocol::{Request, Response, RootfsSource, StreamHello, StreamKind, PROTOCOL_VERSION};
+use crate::agent::protocol::{
+    Request, Response, RootfsSource, StreamHello, StreamKind, PROTOCOL_VERSION,
+};
 
 #[derive(Subcommand)]
 pub enum AgentCommand {
@@ -86,7 +88,10 @@ fn run_process(a: RunArgs) -> anyhow::Result<ExitCode> {
     let rootfs = rootfs_source(&a)?;
     let mut client = AgentClient::connect(&a.conn.uds, Duration::from_secs(a.conn.timeout))?;
     let mut spec = oci_spec::runtime::Spec::default();
-    let mut process = spec.process().clone().context("default spec has a process")?;
+    let mut process = spec
+        .process()
+        .clone()
+        .context("default spec has a process")?;
     let mut env = process.env().clone().unwrap_or_default();
     env.extend(a.env.iter().cloned());
     process.set_args(Some(a.command.clone()));
@@ -122,8 +127,12 @@ fn run_process(a: RunArgs) -> anyhow::Result<ExitCode> {
         Response::Exited { status } => status,
         other => bail!("unexpected reply to wait: {other:?}"),
     };
-    let out = t_out.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
-    let err = t_err.join().map_err(|_| anyhow::anyhow!("stderr reader panicked"))??;
+    let out = t_out
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
+    let err = t_err
+        .join()
+        .map_err(|_| anyhow::anyhow!("stderr reader panicked"))??;
     std::io::stdout().write_all(&out)?;
     std::io::stderr().write_all(&err)?;
     client.call_ok(&Request::RemoveContainer { id, force: false })?;

@@ -67,7 +67,10 @@ pub struct RunArgs {
 fn parse_share(s: &str) -> Result<FsConfig, String> {
     let (tag, rest) = s.split_once('=').ok_or("expected TAG=DIR[,ro]")?;
     let mut parts = rest.split(',');
-    let dir = parts.next().filter(|d| !d.is_empty()).ok_or("empty share directory")?;
+    let dir = parts
+        .next()
+        .filter(|d| !d.is_empty())
+        .ok_or("empty share directory")?;
     let mut share = FsConfig {
         tag: tag.to_string(),
         dir: dir.into(),
@@ -227,10 +230,15 @@ mod tests {
     #[test]
     fn share_options() {
         let s = parse_share("rootfs=/srv/x,ro").unwrap();
-        assert_eq!((s.tag.as_str(), s.dir.to_str().unwrap(), s.read_only), ("rootfs", "/srv/x", true));
+        assert_eq!(
+            (s.tag.as_str(), s.dir.to_str().unwrap(), s.read_only),
+            ("rootfs", "/srv/x", true)
+        );
         assert!(!parse_share("t=/d").unwrap().read_only);
         assert!(parse_share("/d").is_err());
         assert!(parse_share("t=").is_err());
-        assert!(parse_share("t=/d,bogus").unwrap_err().contains("unknown share option"));
+        assert!(parse_share("t=/d,bogus")
+            .unwrap_err()
+            .contains("unknown share option"));
     }
 }

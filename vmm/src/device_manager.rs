@@ -116,13 +116,18 @@ pub fn attach_virtio(
     let handler: Subscriber = match device {
         // vsock also reacts to host socket events, so it has its own handler.
         VirtioBackend::Vsock(v) => Arc::new(Mutex::new(
-            VsockEventHandler::for_transport(v.clone(), &transport).map_err(DeviceError::EventFd)?,
+            VsockEventHandler::for_transport(v.clone(), &transport)
+                .map_err(DeviceError::EventFd)?,
         )),
         _ => Arc::new(Mutex::new(
             transport.event_handler().map_err(DeviceError::EventFd)?,
         )),
     };
-    mmio_bus.insert(Arc::new(Mutex::new(transport)), base, mmio::MMIO_WINDOW_SIZE)?;
+    mmio_bus.insert(
+        Arc::new(Mutex::new(transport)),
+        base,
+        mmio::MMIO_WINDOW_SIZE,
+    )?;
     Ok(handler)
 }
 

@@ -320,13 +320,12 @@ impl Vm {
             virtio.push(VirtioBackend::Block(Arc::new(Mutex::new(block))));
         }
         for sh in &config.shares {
-            let fs = Fs::new(&sh.tag, sh.dir.clone(), sh.read_only).map_err(|source| {
-                Error::Share {
+            let fs =
+                Fs::new(&sh.tag, sh.dir.clone(), sh.read_only).map_err(|source| Error::Share {
                     tag: sh.tag.clone(),
                     path: sh.dir.clone(),
                     source,
-                }
-            })?;
+                })?;
             virtio.push(VirtioBackend::Fs(Arc::new(Mutex::new(fs))));
         }
         if let Some(v) = &config.vsock {

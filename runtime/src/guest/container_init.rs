@@ -258,7 +258,7 @@ fn rlimit_resource(name: &str) -> Option<u32> {
         "Rtprio" => libc::RLIMIT_RTPRIO,
         "Rttime" => libc::RLIMIT_RTTIME,
         _ => return None,
-    } as u32)
+    })
 }
 
 /// Parsed mount options: flags, propagation flags, and filesystem data.
@@ -611,10 +611,7 @@ mod tests {
 
     #[test]
     fn rlimit_names() {
-        assert_eq!(
-            rlimit_resource("RlimitNofile"),
-            Some(libc::RLIMIT_NOFILE as u32)
-        );
+        assert_eq!(rlimit_resource("RlimitNofile"), Some(libc::RLIMIT_NOFILE));
         assert_eq!(rlimit_resource("RlimitBogus"), None);
     }
 }

@@ -10,7 +10,7 @@ fn mount_fs(fstype: &str, target: &str, flags: libc::c_ulong, data: Option<&str>
     let t = Path::new(target);
     let _ = std::fs::create_dir_all(t);
     if let Err(e) = sys::mount(Some(fstype), t, Some(fstype), flags, data) {
-        if e.raw_os_error() != Some(libc::EBUSY) {
+        if e.kind() != std::io::ErrorKind::ResourceBusy {
             eprintln!("capsa-agent: {e}");
         }
     }
