@@ -300,6 +300,13 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(mem: Mem, cid: u64, event_idx: bool) -> Self {
+        // Rings start zeroed, as freshly allocated driver memory does (matters when a test
+        // brings up a second driver instance in the same memory after a reset).
+        mem.write_slice(
+            &vec![0u8; (RX_BUFS - RX_RING) as usize],
+            GuestAddress(RX_RING),
+        )
+        .unwrap();
         Driver {
             mem,
             cid,

@@ -711,6 +711,10 @@ fn misaddressed_and_stray_packets() {
     e.settle(50);
     assert_eq!(stray(&mut e), 0);
     assert_eq!(e.dev.connection_count(), 1);
+    // The spoofed payload did not reach the host: the next bytes are the real ones.
+    e.g.write(key, b"good");
+    e.run_until("sent", |e| e.g.conn(key).tx_pending() == 0);
+    assert_eq!(read_exactly(&mut s, 4), b"good");
 
     // Data for a connection that does not exist: RST back, addressed to the sender.
     let mut h = raw(td::OP_RW, 777, 888);
