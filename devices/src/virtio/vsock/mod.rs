@@ -21,6 +21,21 @@
 //! Threading: everything runs on the vmm's event-loop thread through [`VsockEventHandler`],
 //! except `activate`/`reset`, which the transport calls from vCPU threads; the device mutex
 //! serialises them.
+//!
+//! Deliberate limits:
+//!
+//! * A guest that sends more than the credit it was given gets an RST for that connection
+//!   (the alternative would be an unbounded host-side buffer).
+//! * An RST from the guest drops guest data the host socket has not taken yet; a clean
+//!   SHUTDOWN is flushed first and answered with the closing RST once flushed.
+//! * At most [`MAX_CONNECTIONS`] host sockets (connections plus clients still sending their
+//!   `CONNECT` line); beyond that new ones are refused.
+//! * No connect timeout: a host client waits for the guest's RESPONSE/RST until it gives up
+//!   itself (closing its socket cancels the attempt).
+//! * A tx packet's payload must sit in one descriptor after the header (or share the
+//!   header's), which is what Linux does except for MSG_ZEROCOPY sends.
+//! * The event queue is never used (no VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: there is no
+//!   snapshot/migration).
 
 mod backend;
 mod connection;
@@ -48,6 +63,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::Bytes;
 
+use super::drain::drain_queue;
 use super::{features, ActivateError, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use backend::Backend;
 use connection::RxFill;
@@ -236,7 +252,11 @@ fn pump(active: &mut Active, backend: &mut Backend, tx: bool) -> (bool, bool, Re
     let mut rx_used = false;
     let mut work = || -> Result<(), String> {
         if tx {
-            tx_used = process_tx(active, backend)?;
+            let (used, broken) = process_tx(active, backend);
+            tx_used = used;
+            if let Some(why) = broken {
+                return Err(why);
+            }
         }
         loop {
             backend.commit();
@@ -248,63 +268,45 @@ fn pump(active: &mut Active, backend: &mut Backend, tx: bool) -> (bool, bool, Re
                 break;
             }
         }
-        backend.commit();
         Ok(())
     };
     let result = work();
+    // Also after a corrupt ring: connections the packets before it created or changed must
+    // get their epoll interest (and level-triggered readiness must not linger).
+    backend.commit();
     (tx_used, rx_used, result)
 }
 
-/// Drains the tx queue. Returns whether any chain was used.
-fn process_tx(active: &mut Active, backend: &mut Backend) -> Result<bool, String> {
+/// Drains the tx queue. Returns whether any chain was used, and why the ring is broken if
+/// it is.
+fn process_tx(active: &mut Active, backend: &mut Backend) -> (bool, Option<String>) {
     let Active { mem, txq, .. } = active;
-    let mut used = false;
-    loop {
-        // With notifications off the driver does not kick while we drain the ring.
-        txq.disable_notification(&*mem)
-            .map_err(|e| format!("tx: cannot disable notifications: {e}"))?;
-        let mut popped = 0usize;
-        loop {
-            let chain = match txq.iter(&*mem) {
-                Ok(mut iter) => iter.next(),
-                Err(e) => return Err(format!("tx: available ring is corrupt: {e}")),
-            };
-            let Some(mut chain) = chain else { break };
-            popped += 1;
-            let head = chain.head_index();
-            // Kept to recover the header if the packet as a whole does not parse.
-            let first = chain.clone().next();
-            match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_BUF_SIZE) {
-                Ok(pkt) => backend.handle_tx(&Hdr::from_packet(&pkt), pkt.data_slice()),
-                Err(e) => {
-                    warn!("vsock: malformed tx chain {head}: {e}");
-                    let hdr = first
-                        .filter(|d| !d.is_write_only() && d.len() as usize >= HDR_LEN)
-                        .and_then(|d| {
-                            let mut b = [0u8; HDR_LEN];
-                            mem.read_slice(&mut b, d.addr()).ok()?;
-                            Some(Hdr::from_bytes(&b))
-                        });
-                    backend.handle_bad_tx(hdr);
-                }
+    let mem = &*mem;
+    let drained = drain_queue(txq, mem, "vsock tx", |mut chain| {
+        let head = chain.head_index();
+        // Kept to recover the header if the packet as a whole does not parse.
+        let first = chain.clone().next();
+        match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_BUF_SIZE) {
+            Ok(pkt) => backend.handle_tx(&Hdr::from_packet(&pkt), pkt.data_slice()),
+            Err(e) => {
+                warn!("vsock: malformed tx chain {head}: {e}");
+                let hdr = first
+                    .filter(|d| !d.is_write_only() && d.len() as usize >= HDR_LEN)
+                    .and_then(|d| {
+                        let mut b = [0u8; HDR_LEN];
+                        mem.read_slice(&mut b, d.addr()).ok()?;
+                        Some(Hdr::from_bytes(&b))
+                    });
+                backend.handle_bad_tx(hdr);
             }
-            if let Err(e) = txq.add_used(&*mem, head, 0) {
-                // Only fails for a head index outside the ring; the driver loses it.
-                warn!("vsock: cannot return tx descriptor {head}: {e}");
-                continue;
-            }
-            used = true;
         }
-        // Re-enabling can reveal buffers added in the meantime; go around again.
-        match txq.enable_notification(&*mem) {
-            Ok(false) => return Ok(used),
-            Ok(true) if popped == 0 => {
-                return Err("tx: available index moves but no chain can be read".into())
-            }
-            Ok(true) => {}
-            Err(e) => return Err(format!("tx: cannot enable notifications: {e}")),
-        }
-    }
+        // The device writes nothing into tx buffers.
+        0
+    });
+    (
+        drained.used_any,
+        drained.broken.map(|why| format!("tx: {why}")),
+    )
 }
 
 /// Fills rx buffers while the backend has something to send. Returns how many were used.
