@@ -61,6 +61,17 @@ fn busybox_rootfs(dir: &Path) {
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
 }
 
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn agent(uds: &Path, args: &[&str]) -> Output {
     let mut all = vec!["agent"];
     all.extend_from_slice(args);
@@ -98,6 +109,8 @@ fn agent_runs_processes_in_a_linux_guest() {
     ])
     .spawn()
     .unwrap();
+    // A failed assertion must not leave the VM running (and eating CPU) behind.
+    let mut vm = KillOnDrop(Some(vm));
     let console_text = || std::fs::read_to_string(&console).unwrap_or_default();
 
     let o = agent(
@@ -169,7 +182,7 @@ fn agent_runs_processes_in_a_linux_guest() {
 
     let o = agent(&uds, &["shutdown"]);
     assert_eq!(o.code(), Some(0), "{o}");
-    let vm_out = wait_with_deadline(vm, Duration::from_secs(120));
+    let vm_out = wait_with_deadline(vm.0.take().unwrap(), Duration::from_secs(120));
     assert_eq!(
         vm_out.code(),
         Some(0),
