@@ -558,11 +558,9 @@ mod tests {
         assert!(rec.v2);
         let vcpu = rec.vcpu[0].clone();
         assert_eq!(read(&vcpu.join("cgroup.type")).unwrap(), "threaded");
-        // A child process with one extra thread stands in for the sandbox and a vCPU.
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & sleep 30; wait"])
-            .spawn()
-            .unwrap();
+        // A child process stands in for the sandbox, its main thread for a vCPU. One process
+        // only: a shell's background child would outlive `kill` and keep the cgroup busy.
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
         join_process(&rec, pid).unwrap();
         let procs = read(&rec.sandbox[0].join("cgroup.procs")).unwrap();
