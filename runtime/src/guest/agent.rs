@@ -696,6 +696,8 @@ fn exec(
     })
     .map_err(io_err("starting the exec process"))?;
     drop(child_stdio);
+    // The helper's end must be closed here, or `release` never sees its exec.
+    drop(child_ctl);
     let cgroup = with_container(agent, id, |c| Ok(c.cgroup.clone()))?;
     let _ = std::fs::write(cgroup.join("cgroup.procs"), pid.to_string());
     let ns: Vec<String> = namespaces.into_iter().filter(|n| n != "pid").collect();

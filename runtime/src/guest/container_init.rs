@@ -50,6 +50,10 @@ pub enum InitMsg {
 }
 
 fn control() -> File {
+    // dup2 in the agent cleared close-on-exec: set it again, or the container's program
+    // would inherit the agent's socket and the agent would never see the exec happen.
+    // SAFETY: F_SETFD on fd 3, which the agent passed to this process.
+    unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the agent passes fd 3 to this process and nothing else owns it here.
     unsafe { File::from_raw_fd(CONTROL_FD) }
 }

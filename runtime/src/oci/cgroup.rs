@@ -560,7 +560,10 @@ mod tests {
         assert_eq!(read(&vcpu.join("cgroup.type")).unwrap(), "threaded");
         // A child process stands in for the sandbox, its main thread for a vCPU. One process
         // only: a shell's background child would outlive `kill` and keep the cgroup busy.
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         join_process(&rec, pid).unwrap();
         let procs = read(&rec.sandbox[0].join("cgroup.procs")).unwrap();

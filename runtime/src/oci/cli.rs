@@ -36,8 +36,9 @@ pub struct GlobalArgs {
     /// ${CAPSA_CACHE:-$HOME/.cache/capsa}/kernel.
     #[arg(long, global = true, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// Accepted for runc compatibility and ignored.
-    #[arg(long, global = true, hide = true, value_name = "VALUE")]
+    /// Accepted for runc compatibility and ignored (`--rootless[=true|false|auto]`).
+    #[arg(long, global = true, hide = true, value_name = "VALUE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
     pub rootless: Option<String>,
     /// Accepted for runc compatibility and ignored.
     #[arg(long, global = true, hide = true, value_name = "PATH")]
@@ -270,9 +271,6 @@ pub struct SpecArgs {
     /// Bundle directory to write config.json into (default: the current directory).
     #[arg(long, short = 'b', value_name = "DIR")]
     pub bundle: Option<PathBuf>,
-    /// Accepted for runc compatibility; the spec is the same.
-    #[arg(long)]
-    pub rootless: bool,
 }
 
 /// Arguments of the internal `__shim` process.

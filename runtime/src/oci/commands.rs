@@ -38,7 +38,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 pub fn spawn_helper(args: &[String]) -> anyhow::Result<(u32, Result<(), String>)> {
     let (r, w) = sys::pipe().context("pipe")?;
     sys::inheritable(w.as_raw_fd()).context("pipe")?;
-    let mut cmd = Command::new("/proc/self/exe");
+    // The real path, so the helper's name (comm, ps) is capsa's.
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut cmd = Command::new(exe);
     cmd.arg0("capsa")
         .args(args)
         .arg("--ready-fd")
@@ -356,6 +358,8 @@ pub fn delete(g: &GlobalArgs, a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     let rec = dir.read()?;
     let status = rec.effective_status();
     match status {
+        // A create that died half-way may have left its shim running.
+        Status::Stopped if rec.status == Status::Creating => kill_for_delete(&rec),
         Status::Stopped => {}
         // runc deletes a created container without --force.
         Status::Created => kill_for_delete(&rec),

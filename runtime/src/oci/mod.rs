@@ -48,6 +48,7 @@ pub fn main(g: GlobalArgs, cmd: OciCommand) -> ExitCode {
         OciCommand::Shim(a) => shim::main(a),
         cmd => {
             log::init(g.log.as_deref(), g.log_format.unwrap_or_default(), g.debug);
+            tracing::debug!(argv = ?std::env::args().collect::<Vec<_>>(), "capsa");
             let result = match cmd {
                 OciCommand::Create(a) => commands::create(&g, &a),
                 OciCommand::Start(a) => commands::start(&g, &a.id),
@@ -69,11 +70,12 @@ pub fn main(g: GlobalArgs, cmd: OciCommand) -> ExitCode {
                 Ok(code) => code,
                 Err(e) => {
                     let msg = error_line(&e);
-                    tracing::error!("{msg}");
-                    // runc prints the error on stderr as well as logging it.
+                    // Logged for --log readers (containerd reads the JSON log), and
+                    // printed plainly on stderr, as runc does.
                     if g.log.is_some() {
-                        eprintln!("{msg}");
+                        tracing::error!("{msg}");
                     }
+                    eprintln!("{msg}");
                     ExitCode::FAILURE
                 }
             }

@@ -102,8 +102,6 @@ struct Shim {
     owner: bool,
     uds: PathBuf,
     ready: Mutex<Option<File>>,
-    /// The agent connection for requests (start, signals, resizes).
-    agent: Mutex<Option<AgentClient>>,
     relays: Mutex<Option<Arc<Relays>>>,
     created: AtomicBool,
     /// Set when `vm.run` returned (owner only).
@@ -126,7 +124,13 @@ pub fn main(args: ShimArgs) -> ! {
         path: args.state_dir.clone(),
         id,
     };
-    let rec = match dir.read() {
+    // Known from the start, so `delete` can end a shim whose `create` died.
+    let me = std::process::id() as i32;
+    let start = state::process_start(me).unwrap_or(0);
+    let rec = match dir.update(|r| {
+        r.pid = me;
+        r.pid_start = start;
+    }) {
         Ok(r) => r,
         Err(e) => {
             report(&mut Some(ready), Err(&e.to_string()));
@@ -154,7 +158,6 @@ pub fn main(args: ShimArgs) -> ! {
         rec,
         uds,
         ready: Mutex::new(Some(ready)),
-        agent: Mutex::new(None),
         relays: Mutex::new(None),
         created: AtomicBool::new(false),
         vm_ended: (Mutex::new(false), Condvar::new()),
@@ -457,7 +460,7 @@ fn run_container(shim: &Arc<Shim>, spec: Spec, rootfs: RootfsSource) -> Result<(
     shim.created.store(true, Ordering::SeqCst);
     let relays = Arc::new(relay::attach(&client, &id, None, &mode, stdin)?);
     *shim.relays.lock().unwrap_or_else(|e| e.into_inner()) = Some(relays.clone());
-    *shim.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
+    drop(client);
 
     let sock = shim.dir.file("ctl.sock");
     let _ = std::fs::remove_file(&sock);
@@ -469,11 +472,7 @@ fn run_container(shim: &Arc<Shim>, spec: Spec, rootfs: RootfsSource) -> Result<(
         }
     });
 
-    let me = std::process::id() as i32;
-    let start = state::process_start(me).unwrap_or(0);
     shim.dir.update(|r| {
-        r.pid = me;
-        r.pid_start = start;
         if r.status == Status::Creating {
             r.status = Status::Created;
         }
@@ -505,10 +504,18 @@ fn run_container(shim: &Arc<Shim>, spec: Spec, rootfs: RootfsSource) -> Result<(
     finish(shim, code)
 }
 
+/// A fresh agent connection per request: a slow request (a start on a PVM host) must not
+/// hold up a signal.
+fn agent(shim: &Shim) -> Result<AgentClient, ClientError> {
+    AgentClient::connect(&shim.uds, Duration::from_secs(10))
+}
+
 fn handle_control(shim: &Shim, req: CtlRequest) -> Result<(), String> {
+    if !shim.created.load(Ordering::SeqCst) {
+        return Err("the container is not created yet".into());
+    }
     let id = shim.dir.id.clone();
-    let mut guard = shim.agent.lock().unwrap_or_else(|e| e.into_inner());
-    let client = guard.as_mut().ok_or("the container is not created yet")?;
+    let mut client = agent(shim).map_err(|e| e.to_string())?;
     match req {
         CtlRequest::Start => {
             // Running before the process can exit: the exit then overwrites it.
@@ -527,13 +534,7 @@ fn handle_control(shim: &Shim, req: CtlRequest) -> Result<(), String> {
                 });
                 return Err(e.to_string());
             }
-            let size = shim
-                .relays
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .and_then(|r| r.winsize());
-            if let Some((rows, cols)) = size {
+            if let Some((rows, cols)) = winsize(shim) {
                 let _ = client.call(&Request::ResizeTty {
                     id,
                     exec_id: None,
@@ -554,6 +555,14 @@ fn handle_control(shim: &Shim, req: CtlRequest) -> Result<(), String> {
     }
 }
 
+fn winsize(shim: &Shim) -> Option<(u16, u16)> {
+    shim.relays
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|r| r.winsize())
+}
+
 /// Receives the blocked signals: forwards them to the container, resizes its terminal on
 /// SIGWINCH, and ends the shim if a signal arrives before the container exists.
 fn signal_loop(shim: &Shim) {
@@ -569,34 +578,25 @@ fn signal_loop(shim: &Shim) {
             }
             continue;
         }
-        let mut guard = shim.agent.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(client) = guard.as_mut() else {
-            continue;
-        };
-        let r = if sig == libc::SIGWINCH {
-            let size = shim
-                .relays
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .and_then(|r| r.winsize());
-            match size {
-                Some((rows, cols)) => client.call(&Request::ResizeTty {
+        let req = if sig == libc::SIGWINCH {
+            match winsize(shim) {
+                Some((rows, cols)) => Request::ResizeTty {
                     id,
                     exec_id: None,
                     rows,
                     cols,
-                }),
+                },
                 None => continue,
             }
         } else {
-            client.call(&Request::Signal {
+            Request::Signal {
                 id,
                 exec_id: None,
                 signal: sig,
                 all: false,
-            })
+            }
         };
+        let r = agent(shim).and_then(|mut c| c.call(&req));
         if let Err(e) = r {
             tracing::debug!(sig, "forwarding signal: {e}");
         }
