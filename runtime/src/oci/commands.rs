@@ -294,13 +294,17 @@ pub fn kill(g: &GlobalArgs, a: &KillArgs) -> anyhow::Result<ExitCode> {
     match rec.effective_status() {
         Status::Stopped => bail!("container not running"),
         Status::Creating => bail!("container {} is still being created", a.id),
-        Status::Paused if sig == libc::SIGKILL && rec.role.owns_vm() => {
-            // The guest cannot act while frozen: end the VM itself.
-            sys::kill(rec.pid, libc::SIGKILL)?;
-            return Ok(ExitCode::SUCCESS);
+        Status::Paused if sig != libc::SIGKILL => {
+            bail!("container {} is paused: resume it first", a.id)
         }
-        Status::Paused => bail!("container {} is paused: resume it first", a.id),
-        Status::Created | Status::Running => {}
+        Status::Created | Status::Running | Status::Paused => {}
+    }
+    if sig == libc::SIGKILL && rec.role.owns_vm() {
+        // The VM is the container: SIGKILL ends its host process, and the guest with it,
+        // at once (and also when the guest is paused or unresponsive). Callers see the
+        // pid from the pid file die by SIGKILL, status 137, as with runc.
+        sys::kill(rec.pid, libc::SIGKILL)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let req = CtlRequest::Signal {
         signal: sig,

@@ -21,7 +21,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
@@ -48,9 +48,7 @@ const VSOCK_CID: u64 = 3;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long output may keep flowing after the process exited (a background process in
 /// the container can hold its stdout open forever).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the guest gets to sync and power off after the container exited.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Signals the shim forwards to the container's init (SIGKILL and SIGSTOP cannot be
 /// caught: they act on the shim itself, which ends or stops the container with it).
 pub const FORWARDED: &[i32] = &[
@@ -105,7 +103,7 @@ struct Shim {
     relays: Mutex<Option<Arc<Relays>>>,
     created: AtomicBool,
     /// Set when `vm.run` returned (owner only).
-    vm_ended: (Mutex<bool>, Condvar),
+    vm_ended: AtomicBool,
     guest_root: Mutex<Option<crate::guest_root::GuestRoot>>,
 }
 
@@ -160,7 +158,7 @@ pub fn main(args: ShimArgs) -> ! {
         ready: Mutex::new(Some(ready)),
         relays: Mutex::new(None),
         created: AtomicBool::new(false),
-        vm_ended: (Mutex::new(false), Condvar::new()),
+        vm_ended: AtomicBool::new(false),
         guest_root: Mutex::new(None),
     });
     let s = shim.clone();
@@ -209,29 +207,17 @@ fn fail(shim: &Shim, msg: &str) -> ! {
     std::process::exit(1)
 }
 
-/// Ends the shim with the container's exit code.
+/// Ends the shim with the container's exit code, at once: the process is the container
+/// for its callers (podman waits only seconds after SIGKILL). The VM goes with the
+/// process; nothing is lost, since the virtio-fs share has no writeback cache in the
+/// guest (writes reach the host as they happen).
 fn finish(shim: &Shim, code: i32) -> ! {
     tracing::debug!(code, "container exited");
     let _ = shim.dir.update(|r| {
         r.status = Status::Stopped;
         r.exit_code = Some(code);
     });
-    if shim.owner {
-        // Let the guest flush the container's writes to the shared rootfs.
-        let shutdown = AgentClient::connect(&shim.uds, Duration::from_secs(2))
-            .and_then(|mut c| c.call_ok(&Request::Shutdown));
-        if shutdown.is_ok() {
-            let (m, cv) = &shim.vm_ended;
-            let ended = m.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = cv.wait_timeout_while(ended, SHUTDOWN_TIMEOUT, |e| !*e);
-        }
-    }
-    drop(
-        shim.guest_root
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(),
-    );
+    drop(shim.guest_root.lock().unwrap_or_else(|e| e.into_inner()).take());
     std::process::exit(code.clamp(0, 255))
 }
 
@@ -313,11 +299,9 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
         Ok(r) => tracing::debug!(exit = ?r.exit, "VM ended"),
         Err(e) => tracing::error!("VM failed: {e}"),
     }
-    let (m, cv) = &shim.vm_ended;
-    *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
-    cv.notify_all();
+    shim.vm_ended.store(true, Ordering::SeqCst);
     // The worker normally exits the process; if it is stuck, end it here.
-    std::thread::sleep(SHUTDOWN_TIMEOUT + Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(30));
     // SAFETY: _exit only ends the process.
     unsafe { libc::_exit(VM_DIED) }
 }
@@ -403,7 +387,7 @@ fn connect_agent(shim: &Shim) -> Result<AgentClient, ShimError> {
                 return Err(e.into());
             }
         }
-        if *shim.vm_ended.0.lock().unwrap_or_else(|e| e.into_inner()) {
+        if shim.vm_ended.load(Ordering::SeqCst) {
             return Err(ShimError::Other(format!(
                 "the VM stopped before its agent answered; guest console: {}",
                 console_tail(&shim.dir.file("console.log"))
