@@ -431,18 +431,10 @@ fn make_stdio(
     stdin: bool,
 ) -> std::io::Result<([OwnedFd; 3], StdioEnds, Option<File>)> {
     if terminal {
-        let (master, slave) = sys::openpty()?;
-        let child = [slave.try_clone()?, slave.try_clone()?, slave];
-        let master = File::from(master);
-        let ctl = master.try_clone()?;
-        Ok((
-            child,
-            StdioEnds {
-                tty: Some(master),
-                ..Default::default()
-            },
-            Some(ctl),
-        ))
+        // The helper opens the terminal inside the container (its devpts) and passes the
+        // master back (see `await_ready`); until then its stdio is /dev/null.
+        let null = || File::open("/dev/null").map(OwnedFd::from);
+        Ok(([null()?, null()?, null()?], StdioEnds::default(), None))
     } else {
         let (in_r, in_w) = if stdin {
             let (r, w) = sys::pipe()?;
@@ -522,14 +514,49 @@ fn io_err(ctx: &str) -> impl Fn(std::io::Error) -> (ErrorKind, String) + '_ {
     move |e| (ErrorKind::Internal, format!("{ctx}: {e}"))
 }
 
-/// Reads the helper's setup verdict.
-fn await_ready(ctl: &mut UnixStream) -> Result<(), String> {
-    match read_frame::<_, InitMsg>(ctl) {
-        Ok(InitMsg::Ready) => Ok(()),
-        Ok(InitMsg::Error(e)) => Err(e),
-        Ok(other) => Err(format!("unexpected message {other:?}")),
-        Err(e) => Err(format!("container setup process died: {e}")),
+/// Reads one frame from the helper, with the fd attached to it, if any.
+fn read_frame_fd(ctl: &mut UnixStream) -> Result<(InitMsg, Option<OwnedFd>), FrameError> {
+    let mut len = [0u8; 4];
+    let (n, fd) = sys::recv_with_fd(ctl.as_raw_fd(), &mut len)?;
+    if n == 0 {
+        return Err(FrameError::Closed);
     }
+    ctl.read_exact(&mut len[n..])?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > crate::agent::protocol::MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    ctl.read_exact(&mut body)?;
+    let msg = serde_json::from_slice(&body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok((msg, fd))
+}
+
+/// Reads the helper's setup verdict, and the terminal's master end if it opened one.
+fn await_ready(ctl: &mut UnixStream) -> Result<Option<File>, String> {
+    let mut tty = None;
+    loop {
+        match read_frame_fd(ctl) {
+            Ok((InitMsg::Tty, Some(fd))) => tty = Some(File::from(fd)),
+            Ok((InitMsg::Ready, _)) => return Ok(tty),
+            Ok((InitMsg::Error(e), _)) => return Err(e),
+            Ok((other, _)) => return Err(format!("unexpected message {other:?}")),
+            Err(e) => return Err(format!("container setup process died: {e}")),
+        }
+    }
+}
+
+/// Takes the terminal the helper passed: the agent's end of the process's stdio.
+fn with_tty(
+    ends: &mut StdioEnds,
+    tty_ctl: &mut Option<File>,
+    master: Option<File>,
+) -> Result<(), String> {
+    if let Some(m) = master {
+        *tty_ctl = Some(m.try_clone().map_err(|e| e.to_string())?);
+        ends.tty = Some(m);
+    }
+    Ok(())
 }
 
 /// Tells the helper to exec; Ok once its control fd closed (the exec happened).
@@ -577,7 +604,7 @@ fn create(agent: &Agent, id: &str, spec: Spec, rootfs: &RootfsSource, stdin: boo
     };
     let result = (|| -> Result<Container, (ErrorKind, String)> {
         std::fs::create_dir_all(&cgroup).map_err(io_err("creating the container cgroup"))?;
-        let (child_stdio, ends, tty_ctl) =
+        let (child_stdio, mut ends, mut tty_ctl) =
             make_stdio(process.terminal().unwrap_or(false), stdin).map_err(io_err("stdio"))?;
         let (mut ctl, child_ctl) = UnixStream::pair().map_err(io_err("socketpair"))?;
         let pid = spawn_helper("__container-init", flags, &child_stdio, &child_ctl.into())
@@ -594,7 +621,8 @@ fn create(agent: &Agent, id: &str, spec: Spec, rootfs: &RootfsSource, stdin: boo
         };
         let setup = write_frame(&mut ctl, &cfg)
             .map_err(|e| e.to_string())
-            .and_then(|_| await_ready(&mut ctl));
+            .and_then(|_| await_ready(&mut ctl))
+            .and_then(|tty| with_tty(&mut ends, &mut tty_ctl, tty));
         if let Err(e) = setup {
             let _ = sys::kill(pid, libc::SIGKILL);
             agent.exits.wait(pid);
@@ -676,7 +704,7 @@ fn exec(
         }
         Ok((c.init.pid, c.namespaces.clone()))
     })?;
-    let (child_stdio, ends, tty_ctl) =
+    let (child_stdio, mut ends, mut tty_ctl) =
         make_stdio(process.terminal().unwrap_or(false), stdin).map_err(io_err("stdio"))?;
     let (mut ctl, child_ctl) = UnixStream::pair().map_err(io_err("socketpair"))?;
     let child_ctl: OwnedFd = child_ctl.into();
@@ -709,6 +737,7 @@ fn exec(
     let r = write_frame(&mut ctl, &cfg)
         .map_err(|e| e.to_string())
         .and_then(|_| await_ready(&mut ctl))
+        .and_then(|tty| with_tty(&mut ends, &mut tty_ctl, tty))
         .and_then(|_| release(&mut ctl));
     if let Err(e) = r {
         let _ = sys::kill(pid, libc::SIGKILL);

@@ -47,15 +47,31 @@ pub enum InitMsg {
     Start,
     /// Setup or exec failed.
     Error(String),
+    /// The process's terminal: its master end is attached to this frame (SCM_RIGHTS).
+    Tty,
 }
 
 fn control() -> File {
     // dup2 in the agent cleared close-on-exec: set it again, or the container's program
     // would inherit the agent's socket and the agent would never see the exec happen.
-    // SAFETY: F_SETFD on fd 3, which the agent passed to this process.
-    unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let _ = sys::set_cloexec(CONTROL_FD);
     // SAFETY: the agent passes fd 3 to this process and nothing else owns it here.
     unsafe { File::from_raw_fd(CONTROL_FD) }
+}
+
+/// Gives the process a terminal from the container's own devpts (so that its name, e.g.
+/// for `tty`, resolves inside the container): the slave becomes fds 0-2, the master goes
+/// to the agent with an [`InitMsg::Tty`] frame.
+fn attach_terminal(ctl: &File) -> Result<(), String> {
+    let (master, slave) = sys::open_pty_at(Path::new("/dev/ptmx"))
+        .map_err(|e| format!("opening a terminal on /dev/ptmx: {e}"))?;
+    for fd in 0..3 {
+        sys::dup2(slave.as_raw_fd(), fd).map_err(|e| format!("terminal as fd {fd}: {e}"))?;
+    }
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &InitMsg::Tty).map_err(|e| e.to_string())?;
+    sys::send_with_fd(ctl.as_raw_fd(), &frame, master.as_raw_fd())
+        .map_err(|e| format!("passing the terminal to the agent: {e}"))
 }
 
 fn fail(ctl: &mut File, msg: String) -> ! {
@@ -83,6 +99,11 @@ pub fn init_main() -> ! {
             fail(&mut ctl, format!("sethostname {h}: {e}"));
         }
     }
+    if process.terminal().unwrap_or(false) {
+        if let Err(e) = attach_terminal(&ctl) {
+            fail(&mut ctl, e);
+        }
+    }
     run_process(ctl, &process)
 }
 
@@ -105,6 +126,11 @@ pub fn exec_main() -> ! {
     }
     if let Err(e) = std::env::set_current_dir("/") {
         fail(&mut ctl, format!("chdir /: {e}"));
+    }
+    if cfg.process.terminal().unwrap_or(false) {
+        if let Err(e) = attach_terminal(&ctl) {
+            fail(&mut ctl, e);
+        }
     }
     run_process(ctl, &cfg.process)
 }

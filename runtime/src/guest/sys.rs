@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// A path as a C string; errors on interior NUL.
@@ -212,28 +212,133 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Opens a new pseudo-terminal pair: (master, slave).
-pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut m = 0;
-    let mut s = 0;
-    // SAFETY: out-pointers for the two fds; name, termios and winsize may be NULL.
-    check(unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
+/// Sets close-on-exec on `fd`.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFD with an integer flag.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
+}
+
+/// dup2(2).
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: plain integers; `to` is replaced atomically.
+    check(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+/// Sends `data` on the stream socket `sock` with `fd` attached (SCM_RIGHTS), in one
+/// sendmsg: the fd arrives with the first byte of `data`.
+pub fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE is a size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: all-zero is a valid msghdr; the fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer has room for one cmsg with one fd; CMSG_* stay in it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+    }
+    let n = loop {
+        // SAFETY: `msg` and what it points to outlive the call.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // The fd went with the first part; the rest (if the socket took only part) is plain.
+    let mut rest = &data[n..];
+    while !rest.is_empty() {
+        // SAFETY: sending from a live buffer of its length.
+        let n = unsafe { libc::send(sock, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        rest = &rest[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes from the stream socket `sock`, with the fd attached to
+/// them, if any (close-on-exec).
+pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: CMSG_SPACE is a size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: all-zero is a valid msghdr; the fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    let n = loop {
+        // SAFETY: `msg` points at live buffers that outlive the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR checks its length.
+    let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: `c` is null or a complete cmsg header inside `cbuf`.
+    let fd = if !c.is_null() && unsafe { (*c).cmsg_type } == libc::SCM_RIGHTS {
+        // SAFETY: an SCM_RIGHTS cmsg carries an fd, now ours.
+        Some(unsafe {
+            OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>()))
+        })
+    } else {
+        None
+    };
+    Ok((n, fd))
+}
+
+/// Opens a new terminal in the devpts instance behind `ptmx` (the caller's
+/// /dev/ptmx): (master, slave). Opened from inside a container, its name resolves there.
+pub fn open_pty_at(ptmx: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    let p = cstr(ptmx)?;
+    // SAFETY: a valid C string and flags.
+    let m =
+        check(unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    // SAFETY: open returned a new fd we own.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave.
+    let s = check(unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
         )
     })?;
-    // SAFETY: openpty returned two new fds we now own.
-    let pair = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
-    for fd in [&pair.0, &pair.1] {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setting FD_CLOEXEC on an fd we own.
-        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
-    }
-    Ok(pair)
+    // SAFETY: the ioctl returned a new fd we own.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
 }
 
 /// Sets a terminal's window size.

@@ -53,9 +53,14 @@ pub enum BundleError {
     /// No root in the spec.
     #[error("config.json has no root.path")]
     NoRoot,
-    /// The rootfs directory is missing.
-    #[error("rootfs {0}: no such directory")]
+    /// The rootfs is missing.
+    #[error("rootfs {0}: no such directory (or disk image / block device)")]
     MissingRootfs(PathBuf),
+    /// A pod member cannot bring a disk: disks cannot be added to a running VM.
+    #[error(
+        "rootfs {0} is a disk image or block device: only a directory can join a pod's running VM"
+    )]
+    BlockRootfsInPod(PathBuf),
     /// No process in the spec.
     #[error("config.json has no process")]
     NoProcess,
@@ -108,7 +113,7 @@ fn validate(spec: &Spec, bundle: &Path) -> Result<(), BundleError> {
         return Err(BundleError::Version(spec.version().clone()));
     }
     let rootfs = rootfs_path(spec, bundle)?;
-    if !rootfs.is_dir() {
+    if !rootfs.is_dir() && block_rootfs(&rootfs).is_none() {
         return Err(BundleError::MissingRootfs(rootfs));
     }
     let process = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
@@ -118,6 +123,26 @@ fn validate(spec: &Spec, bundle: &Path) -> Result<(), BundleError> {
     role(spec, "")?;
     vm_mem_mib(spec)?;
     Ok(())
+}
+
+/// Annotation naming the filesystem of a disk-image or block-device rootfs (default ext4).
+pub const ROOTFS_FSTYPE: &str = "io.capsa.rootfs.fstype";
+
+/// `Some(())` when `rootfs` is a disk image (regular file) or a block device: the VM gets
+/// it over virtio-blk and the guest mounts it, instead of a virtio-fs share.
+pub fn block_rootfs(rootfs: &Path) -> Option<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(rootfs).ok()?.file_type();
+    (t.is_file() || t.is_block_device()).then_some(())
+}
+
+/// The filesystem type of a block rootfs.
+pub fn rootfs_fstype(spec: &Spec) -> String {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ROOTFS_FSTYPE))
+        .cloned()
+        .unwrap_or_else(|| "ext4".into())
 }
 
 /// The host rootfs path (root.path, relative to the bundle).

@@ -120,6 +120,9 @@ fn create_container(
         _ => dir.path.clone(),
     };
     let rootfs = bundle::rootfs_path(&spec, &bundle)?;
+    if !role.owns_vm() && bundle::block_rootfs(&rootfs).is_some() {
+        return Err(bundle::BundleError::BlockRootfsInPod(rootfs).into());
+    }
     dir.create()?;
     let result = (|| {
         let data = serde_json::to_vec_pretty(&spec)?;

@@ -66,9 +66,9 @@ fn guest_native(src: &Path) -> bool {
     ["/dev", "/proc", "/sys"].iter().any(|p| src.starts_with(p))
 }
 
-/// Binds container `id`'s rootfs and bind-mount sources under `shared/<id>`; returns the
-/// spec for the guest (sources rewritten, see [`super::bundle::guest_spec`]) and where
-/// its rootfs is.
+/// Binds container `id`'s rootfs (unless it is a disk, see [`DISK_SERIAL`]) and its
+/// bind-mount sources under `shared/<id>`; returns the spec for the guest (sources
+/// rewritten, see [`super::bundle::guest_spec`]) and where its rootfs is.
 pub fn share_container(
     shared: &Path,
     id: &str,
@@ -76,14 +76,26 @@ pub fn share_container(
     spec: &Spec,
 ) -> Result<(Spec, RootfsSource), MountError> {
     let base = shared.join(id);
-    let rootfs = base.join("rootfs");
-    std::fs::create_dir_all(&rootfs).map_err(io("creating", &rootfs))?;
-    let ro_root = spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false);
-    bind_ro(&rec.rootfs, &rootfs, ro_root)?;
+    std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
+    let source = if super::bundle::block_rootfs(&rec.rootfs).is_some() {
+        RootfsSource::Block {
+            serial: DISK_SERIAL.into(),
+            fstype: super::bundle::rootfs_fstype(spec),
+        }
+    } else {
+        let rootfs = base.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(io("creating", &rootfs))?;
+        let ro_root = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        bind_ro(&rec.rootfs, &rootfs, ro_root)?;
+        RootfsSource::SharedDir {
+            tag: SHARED_TAG.into(),
+            path: format!("{id}/rootfs"),
+        }
+    };
 
     let mut spec = spec.clone();
     if let Some(mounts) = spec.mounts_mut() {
@@ -119,14 +131,11 @@ pub fn share_container(
             m.set_source(Some(guest_share_path(&rel).into()));
         }
     }
-    Ok((
-        super::bundle::guest_spec(&spec),
-        RootfsSource::SharedDir {
-            tag: SHARED_TAG.into(),
-            path: format!("{id}/rootfs"),
-        },
-    ))
+    Ok((super::bundle::guest_spec(&spec), source))
 }
+
+/// Serial of the virtio-blk disk carrying a disk-image or block-device rootfs.
+pub const DISK_SERIAL: &str = "capsa-rootfs";
 
 /// Decodes mountinfo's octal escapes (`\040` for a space, ...).
 fn unescape(s: &str) -> String {

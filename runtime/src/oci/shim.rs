@@ -217,7 +217,12 @@ fn finish(shim: &Shim, code: i32) -> ! {
         r.status = Status::Stopped;
         r.exit_code = Some(code);
     });
-    drop(shim.guest_root.lock().unwrap_or_else(|e| e.into_inner()).take());
+    drop(
+        shim.guest_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
     std::process::exit(code.clamp(0, 255))
 }
 
@@ -264,6 +269,15 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
     config.cmdline = crate::vm_cmd::agent_cmdline(vmm::vstate::kvm::host_is_pvm());
     config.mem_mib = bundle::vm_mem_mib(&spec).map_err(|e| ShimError::Other(e.to_string()))?;
     config.vcpus = bundle::vm_vcpus(&spec, sys::online_cpus());
+    if bundle::block_rootfs(&shim.rec.rootfs).is_some() {
+        // Attached read-write: the guest enforces root.readonly (the agent mounts the
+        // filesystem read-write, then the container's root is remounted read-only).
+        config.disks.push(vmm::DiskConfig {
+            path: shim.rec.rootfs.clone(),
+            read_only: false,
+            id: Some(mounts::DISK_SERIAL.into()),
+        });
+    }
     config.serial_out = SerialOutput::File(shim.dir.file("console.log"));
     config.shares = vec![
         root_share,
