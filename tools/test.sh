@@ -13,7 +13,8 @@ cargo --version >&2
 
 step "packages the tests use (Debian)"
 need=()
-for p in busybox-static; do
+# podman, conmon, containerd, fuse-overlayfs: the OCI client tests (tests/oci_clients.rs).
+for p in busybox-static podman conmon containerd fuse-overlayfs; do
 	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || need+=("$p")
 done
 if ((${#need[@]})); then
