@@ -366,17 +366,17 @@ pub fn delete(g: &GlobalArgs, a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     let status = rec.effective_status();
     match status {
         // A create that died half-way may have left its shim running.
-        Status::Stopped if rec.status == Status::Creating => kill_for_delete(&rec),
+        Status::Stopped if rec.status == Status::Creating => kill_for_delete(&dir, &rec),
         Status::Stopped => {}
         // runc deletes a created container without --force.
-        Status::Created => kill_for_delete(&rec),
+        Status::Created => kill_for_delete(&dir, &rec),
         s if a.force => {
             if s == Status::Paused {
                 if let Some(cg) = &rec.cgroups {
                     let _ = cgroup::freeze(cg, false);
                 }
             }
-            kill_for_delete(&rec)
+            kill_for_delete(&dir, &rec)
         }
         s => bail!("cannot delete container {} that is not stopped: {s}", a.id),
     }
@@ -405,7 +405,7 @@ pub fn delete(g: &GlobalArgs, a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn kill_for_delete(rec: &Record) {
+fn kill_for_delete(dir: &StateDir, rec: &Record) {
     if rec.pid <= 0 || !state::alive(rec.pid, rec.pid_start) {
         return;
     }
@@ -415,8 +415,7 @@ fn kill_for_delete(rec: &Record) {
             signal: libc::SIGKILL,
             all: true,
         };
-        let sock = rec.vm_dir.join("..").join(&rec.id).join("ctl.sock");
-        let _ = control::call(&sock, &req, Duration::from_secs(10));
+        let _ = control::call(&dir.file("ctl.sock"), &req, Duration::from_secs(10));
     }
     let _ = sys::kill(rec.pid, libc::SIGKILL);
 }
