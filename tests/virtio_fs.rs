@@ -15,6 +15,7 @@ const EINVAL: &str = "-22";
 const ENOTDIR: &str = "-20";
 const EROFS: &str = "-30";
 const ENOENT: &str = "-2";
+const EPERM: &str = "-1";
 
 /// `root/share` (shared, with `hello.txt` and `hostlink` -> `root/outside`) and
 /// `root/outside` (with `secret`).
@@ -96,6 +97,15 @@ fn assert_escapes_refused(o: &Output, ro: bool) {
         assert_eq!(o.expect_field(l, key), EINVAL, "{key}\n{o}");
     }
     assert!(o.expect_field(l, "bad_node").starts_with('-'), "{o}");
+    // Device nodes are refused (EROFS first on a read-only share), and the VMM lives on at
+    // the default seccomp level: its filter never allows creating one.
+    for key in ["mknod_chr", "mknod_blk"] {
+        assert_eq!(
+            o.expect_field(l, key),
+            if ro { EROFS } else { EPERM },
+            "{key}\n{o}"
+        );
+    }
     assert!(o.expect_field(l, "host_open").starts_with('-'), "{o}");
     assert_eq!(o.expect_field(l, "host_beneath"), ENOTDIR, "{o}");
     let create = o.expect_field(l, "host_create_beneath");

@@ -14,8 +14,8 @@
 //!    Read-only share (`fs.ro=1`): CREATE, MKDIR and OPEN for writing must fail.
 //! 4. Escapes: LOOKUP of `..`, `.` and `a/b` from the root; for the symlink `esc` (and
 //!    `fs.hostlink=NAME`, a symlink made by the host): OPEN it, LOOKUP `secret` beneath it,
-//!    CREATE `planted` beneath it; LOOKUP with a node id the server never gave out. All
-//!    must fail.
+//!    CREATE `planted` beneath it; LOOKUP with a node id the server never gave out; MKNOD
+//!    of a character and a block device node in the root. All must fail.
 
 use core::ptr::{read_volatile, write_volatile};
 
@@ -40,6 +40,7 @@ mod opc {
     pub const FORGET: u32 = 2;
     pub const READLINK: u32 = 5;
     pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
     pub const MKDIR: u32 = 9;
     pub const UNLINK: u32 = 10;
     pub const RENAME: u32 = 12;
@@ -626,12 +627,34 @@ pub fn run(ctx: &Ctx) -> Outcome {
         "fs: LOOKUP of a non-component succeeded",
     );
     v.expect(bad_node < 0, "fs: LOOKUP under a forged node id succeeded");
+    // Device nodes (the host's /dev/null, 1:3, and /dev/sda, 8:0): refused, and the VMM
+    // must survive the request (its seccomp filter never allows creating one).
+    let mut mknod = [0i32; 2];
+    for (i, (typ, rdev, name)) in [
+        (0o020_000u32, 0x103u32, &b"dev_null\0"[..]),
+        (0o060_000, 0x800, &b"dev_sda\0"[..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut a = [0u8; 16];
+        a[0..4].copy_from_slice(&(typ | 0o666).to_le_bytes());
+        a[4..8].copy_from_slice(&rdev.to_le_bytes());
+        let r = f.call(opc::MKNOD, ROOT, &[&a, name], 0, ENTRY_OUT)?;
+        mknod[i] = f.entry(r)?.0;
+    }
+    v.expect(
+        mknod[0] < 0 && mknod[1] < 0,
+        "fs: MKNOD of a device node succeeded",
+    );
     let mut l = Line::new();
     l.str("PROBE-FS: escape");
     field(&mut l, "dotdot", dotdot);
     field(&mut l, "dot", dot);
     field(&mut l, "slash", slash);
     field(&mut l, "bad_node", bad_node);
+    field(&mut l, "mknod_chr", mknod[0]);
+    field(&mut l, "mknod_blk", mknod[1]);
     if have_esc {
         let (open, beneath, create) = symlink_escape(&mut f, b"esc", &mut v)?;
         field(&mut l, "open_symlink", open);
