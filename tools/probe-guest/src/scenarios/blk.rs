@@ -15,14 +15,14 @@ use crate::line::Line;
 use crate::virtio::{self, queue, Buf, Deadline, Transport, Virtqueue};
 use crate::{dma, serial};
 
-const SECTOR: u64 = 512;
+pub(super) const SECTOR: u64 = 512;
 
 /// Request types and status values (virtio 1.2 §5.2.6).
-const T_IN: u32 = 0;
+pub(super) const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const T_GET_ID: u32 = 8;
-const S_OK: u8 = 0;
+pub(super) const S_OK: u8 = 0;
 /// Written to the status byte before submission: not a status a device may return.
 const S_PENDING: u8 = 0xff;
 const ID_BYTES: u32 = 20;
@@ -47,7 +47,7 @@ const MAX_CHAIN: usize = queue::MAX_SIZE as usize;
 const DESC_SIZE: u64 = 16;
 
 /// Tunables from the command line.
-struct Params {
+pub(super) struct Params {
     seg: u32,
     req: u32,
     depth: usize,
@@ -56,7 +56,7 @@ struct Params {
 }
 
 impl Params {
-    fn parse(c: &Cmdline) -> Result<Self, &'static str> {
+    pub(super) fn parse(c: &Cmdline) -> Result<Self, &'static str> {
         let seg = c.number("blk.seg").unwrap_or(4096);
         let req = c.number("blk.req").unwrap_or(128 << 10);
         let depth = c.number("blk.depth").unwrap_or(8);
@@ -80,15 +80,15 @@ impl Params {
 }
 
 /// One initialised virtio-blk device with its request slots.
-struct Blk {
-    t: Transport,
-    q: Virtqueue,
+pub(super) struct Blk {
+    pub(super) t: Transport,
+    pub(super) q: Virtqueue,
     features: u64,
-    capacity: u64,
+    pub(super) capacity: u64,
     seg: u32,
     /// Bytes per request after the device's limits.
-    req: u32,
-    depth: usize,
+    pub(super) req: u32,
+    pub(super) depth: usize,
     indirect: bool,
     timeout_ms: u64,
     /// `depth` slots of META_SIZE: header at 0, status byte at 16.
@@ -103,7 +103,7 @@ struct Blk {
 }
 
 impl Blk {
-    fn new(t: Transport, p: &Params) -> Result<Self, &'static str> {
+    pub(super) fn new(t: Transport, p: &Params) -> Result<Self, &'static str> {
         let wanted = F_SEG_MAX
             | F_RO
             | F_BLK_SIZE
@@ -168,7 +168,7 @@ impl Blk {
     }
 
     /// The data buffer of an idle slot.
-    fn buf(&mut self, slot: usize, len: u32) -> &mut [u8] {
+    pub(super) fn buf(&mut self, slot: usize, len: u32) -> &mut [u8] {
         debug_assert!(len <= self.req);
         // SAFETY: the slot's buffer is inside the DMA area allocated in `new`, and callers
         // only use it while the slot's request is not on the ring (before submission or
@@ -177,7 +177,7 @@ impl Blk {
     }
 
     /// Descriptors a request with `len` data bytes takes from the ring.
-    fn descs_needed(&self, len: u32) -> u16 {
+    pub(super) fn descs_needed(&self, len: u32) -> u16 {
         if self.indirect {
             1
         } else {
@@ -186,7 +186,7 @@ impl Blk {
     }
 
     /// Puts the request for `slot` on the ring (without notifying).
-    fn submit(
+    pub(super) fn submit(
         &mut self,
         slot: usize,
         kind: u32,
@@ -244,7 +244,7 @@ impl Blk {
     }
 
     /// Waits for `slot`'s request; returns its status byte and used length.
-    fn wait(&mut self, slot: usize) -> Result<(u8, u32), &'static str> {
+    pub(super) fn wait(&mut self, slot: usize) -> Result<(u8, u32), &'static str> {
         let deadline = Deadline::after_ms(self.timeout_ms);
         loop {
             if let Some(len) = self.done[slot] {
@@ -291,7 +291,7 @@ impl Blk {
     /// Reads or writes `count` sectors from `sector` with up to `depth` requests in
     /// flight. `f(offset, buf)` fills each buffer before a write, or checks it after a
     /// read, in disk order (`offset` counts bytes from `sector`).
-    fn stream(
+    pub(super) fn stream(
         &mut self,
         kind: u32,
         sector: u64,

@@ -7,6 +7,7 @@ use crate::cmdline::Cmdline;
 
 mod basic;
 mod blk;
+mod blkbench;
 mod cpuid;
 mod fs;
 mod mem;
@@ -73,6 +74,14 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "fs",
         run: fs::run,
+    },
+    Scenario {
+        name: "blkbench",
+        run: blkbench::run,
+    },
+    Scenario {
+        name: "vsockbench",
+        run: vsock::bench,
     },
 ];
 

@@ -20,6 +20,7 @@
 use super::{Ctx, Outcome};
 use crate::check::{pattern_fill, pattern_mismatch};
 use crate::cmdline::{parse_fields, Cmdline};
+use crate::io::rdtsc;
 use crate::line::Line;
 use crate::virtio::{self, Buf, Deadline, Transport, Virtqueue};
 use crate::{dma, serial};
@@ -197,6 +198,8 @@ struct Stats {
     mismatches: u64,
     short: u64,
     early_resets: u64,
+    /// Bytes taken in and dropped (bench mode).
+    received: u64,
 }
 
 struct Vsock {
@@ -207,6 +210,9 @@ struct Vsock {
     cid: u64,
     listen: Option<u32>,
     timeout_ms: u64,
+    /// Bench mode (`probe=vsockbench`): accepted connections drop what they receive,
+    /// outgoing ones send the payload buffers as they are and expect nothing back.
+    bench: bool,
     conns: [Conn; MAX_CONNS],
     /// Rx buffers: RX_BUFS of `rx_stride` bytes (header + `rx_data` payload).
     rx_base: u64,
@@ -227,7 +233,7 @@ struct Vsock {
 }
 
 impl Vsock {
-    fn new(t: Transport, c: &Cmdline) -> Result<Self, &'static str> {
+    fn new(t: Transport, c: &Cmdline, bench: bool) -> Result<Self, &'static str> {
         t.init(0)?;
         let cid = t.config64(0);
         let rxq = t.setup_queue(RX_QUEUE, 128)?;
@@ -258,6 +264,7 @@ impl Vsock {
             cid,
             listen: c.number("vsock.listen").map(|p| p as u32),
             timeout_ms: virtio::timeout_ms(c),
+            bench,
             conns: [Conn::FREE; MAX_CONNS],
             rx_base,
             rx_stride,
@@ -404,7 +411,7 @@ impl Vsock {
             op::RST => {
                 if c.state == State::Connecting {
                     self.stats.refused += 1;
-                } else if c.outgoing && c.recvd != c.total {
+                } else if c.outgoing && (c.sent != c.total || (!self.bench && c.recvd != c.total)) {
                     self.stats.short += 1;
                 } else if !c.outgoing && !c.shut_sent {
                     self.stats.early_resets += 1;
@@ -416,7 +423,15 @@ impl Vsock {
                     return Err("vsock: data after the peer's SHUTDOWN(SEND)");
                 }
                 let len = h.len;
-                if c.outgoing {
+                if self.bench {
+                    // Dropped at once; the credit comes back with the next CREDIT_UPDATE.
+                    // Outgoing bench connections expect no data.
+                    if c.outgoing {
+                        self.stats.mismatches += 1;
+                    }
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add(len);
+                    self.stats.received += u64::from(len);
+                } else if c.outgoing {
                     // SAFETY: the payload is inside the returned rx buffer (checked above).
                     let buf = unsafe { dma::slice_mut(data, len as usize) };
                     if c.recvd + u64::from(len) > c.total
@@ -540,7 +555,12 @@ impl Vsock {
                 cm.sent += u64::from(n);
                 self.stats.sent += u64::from(n);
                 let h = self.conn_hdr(i, op::RW, 0, n);
-                self.send(h, |b| pattern_fill(c.seed, c.sent, b))?;
+                let bench = self.bench;
+                self.send(h, |b| {
+                    if !bench {
+                        pattern_fill(c.seed, c.sent, b)
+                    }
+                })?;
             } else {
                 // The bytes leave the echo ring as they are copied into the packet, which
                 // frees that much credit: the packet already carries the new fwd_cnt.
@@ -642,9 +662,20 @@ impl Vsock {
 }
 
 pub fn run(ctx: &Ctx) -> Outcome {
+    run_mode(ctx, false)
+}
+
+/// `probe=vsockbench`: the same stack and command-line keys, in bench mode (see
+/// the `bench` field of `Vsock`), for `bench io` (tools/bench), which times the transfers on the host.
+/// Prints `PROBE-VSOCKBENCH: sent=S received=R tsc=T` (T: TSC ticks of the whole run).
+pub fn bench(ctx: &Ctx) -> Outcome {
+    run_mode(ctx, true)
+}
+
+fn run_mode(ctx: &Ctx, bench: bool) -> Outcome {
     let c = &ctx.cmdline;
     let t = virtio::find(c, virtio::ID_VSOCK, 0).ok_or("no virtio-vsock device")?;
-    let mut v = Vsock::new(t, c)?;
+    let mut v = Vsock::new(t, c, bench)?;
     for conn in v.conns.iter_mut() {
         conn.ring = dma::alloc(u64::from(CONN_BUF), 4096)?;
     }
@@ -676,15 +707,27 @@ pub fn run(ctx: &Ctx) -> Outcome {
     if want_accept > 0 && v.listen.is_none() {
         return Err("vsock.accept needs vsock.listen");
     }
+    let t0 = rdtsc();
     v.run_until(|v| {
         v.stats.accepted >= want_accept
             && v.stats.rejected >= want_reject
             && v.nstrays == 0
             && v.conns.iter().all(|c| c.state == State::Free)
     })?;
+    let ticks = rdtsc().wrapping_sub(t0);
 
     let s = &v.stats;
     let mut l = Line::new();
+    if bench {
+        l.str("PROBE-VSOCKBENCH: sent=")
+            .dec(s.sent)
+            .str(" received=")
+            .dec(s.received)
+            .str(" tsc=")
+            .dec(ticks);
+        serial::println(&mut l);
+        l = Line::new();
+    }
     l.str("PROBE-VSOCK: cid=")
         .dec(v.cid)
         .str(" accepted=")
