@@ -4,6 +4,7 @@
 //! the VMM's boot-timer reading (process start -> the guest's first boot-timer write, which
 //! the probe does as soon as it reaches ring 3), wall time from spawn to exit, and peak RSS.
 
+mod io;
 mod stats;
 
 use std::io::Read;
@@ -162,6 +163,10 @@ fn machine() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("io") {
+        return io::main(&args[1..]);
+    }
     let a = parse_args();
     let kvm = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         "PVM (kvm_pvm: guest ring 0 emulated)"
