@@ -23,3 +23,6 @@ pub const I8042_RESET_CMD: u8 = 0xfe;
 pub const BOOT_TIMER_PORT: u16 = 0x440;
 /// Value the guest writes to [`BOOT_TIMER_PORT`].
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// Value the probe guest writes to [`BOOT_TIMER_PORT`] with its very first instructions,
+/// so the VMM (or a benchmark watching the port) sees when guest code started to run.
+pub const BOOT_TIMER_ENTRY: u8 = 1;

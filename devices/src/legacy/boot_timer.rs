@@ -1,10 +1,12 @@
 //! Boot timer: the guest writes a magic byte to a port once it is up, and the VMM records
 //! and logs the time elapsed since its own process started (cf. Firecracker's boot timer).
+//! An earlier byte, [`BOOT_TIMER_ENTRY`], marks the guest's first instructions; it is only
+//! logged.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::abi::BOOT_TIMER_MAGIC;
+use crate::abi::{BOOT_TIMER_ENTRY, BOOT_TIMER_MAGIC};
 use crate::BusDevice;
 
 /// The boot-timer port device.
@@ -34,7 +36,18 @@ impl BusDevice for BootTimer {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset != 0 || data.first() != Some(&BOOT_TIMER_MAGIC) {
+        if offset != 0 {
+            return;
+        }
+        if data.first() == Some(&BOOT_TIMER_ENTRY) {
+            tracing::info!(
+                target: "boot_timer",
+                "guest entry: {} us since VMM start",
+                self.start.elapsed().as_micros()
+            );
+            return;
+        }
+        if data.first() != Some(&BOOT_TIMER_MAGIC) {
             return;
         }
         let elapsed = self.start.elapsed();
@@ -61,6 +74,7 @@ mod tests {
         let mut t = BootTimer::new(start);
         let r = t.reading();
         t.write(0, &[BOOT_TIMER_MAGIC - 1]);
+        t.write(0, &[BOOT_TIMER_ENTRY]);
         assert!(r.lock().unwrap().is_none());
         t.write(0, &[BOOT_TIMER_MAGIC]);
         let first = r.lock().unwrap().unwrap();

@@ -29,6 +29,12 @@
     .set SYS_CPUID, 1
     .set SYS_TRIPLE_FAULT, 2
 
+    /* Boot timer (devices/src/abi.rs): the first thing the guest does on either entry is
+     * write BOOT_TIMER_ENTRY there, so the VMM (or a QEMU isa-debugcon on the same port)
+     * sees the moment the guest's first instruction ran. */
+    .set BOOT_TIMER_PORT, 0x440
+    .set BOOT_TIMER_ENTRY, 1
+
     .set AP_BASE, 0x30000
     .set AP_STARTED_OFF, 0xff0
 
@@ -37,7 +43,12 @@
     .code64
     .globl _start
 _start:
-    /* Entered in long mode at CPL0 with RSI = boot_params, per the Linux 64-bit protocol. */
+    /* Entered in long mode at CPL0 with RSI = boot_params, per the Linux 64-bit protocol.
+     * The first three instructions mark the entry on the boot-timer port. */
+    mov $BOOT_TIMER_PORT, %dx
+    mov $BOOT_TIMER_ENTRY, %al
+    out %al, %dx
+start64_marked:
     cli
     cld
     mov %rsi, %r12
@@ -95,6 +106,56 @@ ap_long_mode:
     cli
     hlt
     jmp 1b
+
+/* ------------------------------------------------------------------------------------- */
+/*
+ * PVH entry (Xen's HVM direct boot ABI, which QEMU uses for an ELF -kernel with an
+ * XEN_ELFNOTE_PHYS32_ENTRY note): 32-bit protected mode, paging off, flat CS/DS, EBX =
+ * physical address of struct hvm_start_info. Mark the entry, keep EBX for ring 3
+ * (pvh_start_info, converted to a zero page there: bootparams.rs), turn on long mode with
+ * the image's own page tables and GDT, and join the 64-bit path with RSI = 0. capsa uses
+ * the 64-bit entry (e_entry) and never comes here.
+ */
+    .section .text.boot.pvh, "ax", @progbits
+    .code32
+    .globl pvh_start
+pvh_start:
+    mov $BOOT_TIMER_PORT, %dx
+    mov $BOOT_TIMER_ENTRY, %al
+    out %al, %dx
+    cli
+    mov %ebx, pvh_start_info
+    mov %cr4, %eax
+    or $0x20, %eax                          /* PAE */
+    mov %eax, %cr4
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx                   /* EFER.LME */
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    lgdt gdt_ptr                            /* 32-bit base: the GDT is below 4 GiB */
+    mov %cr0, %eax
+    or $0x80000001, %eax                    /* PG | PE */
+    mov %eax, %cr0
+    ljmp $0x08, $pvh_long_mode
+    .code64
+pvh_long_mode:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %esi, %esi
+    jmp start64_marked
+
+    /* The PVH note QEMU looks for (desc: the 32-bit entry address). */
+    .section .note.pvh, "a", @note
+    .balign 4
+    .long 4                                 /* namesz: "Xen" + NUL */
+    .long 4                                 /* descsz */
+    .long 18                                /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long pvh_start
 
 /* ------------------------------------------------------------------------------------- */
 /* Exception stubs: 16 bytes each from isr_stubs (the IDT in .data.boot relies on it). */
@@ -380,6 +441,13 @@ null_idt_ptr:
     .balign 4
     .globl ap_long_count
 ap_long_count:
+    .long 0
+
+    /* hvm_start_info address when entered through pvh_start, else 0 (in .data: .bss is
+     * zeroed later, at ring 3). */
+    .balign 4
+    .globl pvh_start_info
+pvh_start_info:
     .long 0
 
     /* TSS: only RSP0/IST1 and the I/O bitmap matter. PVM ignores IOPL, so ring-3 port

@@ -19,6 +19,15 @@ extern "C" {
     #[link_name = "ap_long_count"]
     static AP_LONG_COUNT: AtomicU32;
     static __image_end: u8;
+    #[link_name = "pvh_start_info"]
+    static PVH_START_INFO: u32;
+}
+
+/// The `hvm_start_info` address if the guest was entered through the PVH entry (QEMU), else
+/// 0 (entered at the 64-bit entry with a Linux zero page, as capsa does).
+pub fn pvh_start_info() -> u64 {
+    // SAFETY: a u32 in .data written once by ring 0 before ring 3 started.
+    u64::from(unsafe { core::ptr::read_volatile(addr_of!(PVH_START_INFO)) })
 }
 
 /// First byte after the loaded image, its .bss and its stacks.

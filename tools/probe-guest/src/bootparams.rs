@@ -13,6 +13,18 @@ const E820_ENTRY_SIZE: usize = 20;
 /// Longest command line read (Linux's x86 COMMAND_LINE_SIZE).
 const CMDLINE_MAX: usize = 2048;
 
+/// A zero page built from a PVH `hvm_start_info` (see [`BootParams::from_pvh`]).
+static mut PVH_ZERO_PAGE: [u8; 4096] = [0; 4096];
+
+// struct hvm_start_info (Xen's arch-x86/hvm/start_info.h), version 1.
+const PVH_MAGIC: u32 = 0x336e_c578;
+const PVH_NR_MODULES: usize = 12;
+const PVH_MODLIST: usize = 16;
+const PVH_CMDLINE: usize = 24;
+const PVH_MEMMAP: usize = 40;
+const PVH_MEMMAP_ENTRIES: usize = 48;
+const PVH_MEMMAP_ENTRY_SIZE: usize = 24;
+
 /// E820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
 
@@ -36,6 +48,74 @@ impl BootParams {
     pub unsafe fn new(base: u64) -> Self {
         Self {
             base: base as usize,
+        }
+    }
+
+    /// Translates a PVH `hvm_start_info` (QEMU's entry for an ELF with a PVH note) into a
+    /// zero page, so the rest of the guest reads one format. Runs once, at ring 3.
+    ///
+    /// # Safety
+    /// `start_info` must point to a valid `hvm_start_info` whose tables stay in place; call
+    /// at most once (the zero page is a single static).
+    pub unsafe fn from_pvh(start_info: u64) -> Self {
+        let si = start_info as usize;
+        // SAFETY: caller's contract; fields may be unaligned in principle.
+        let rd32 = |off: usize| unsafe { core::ptr::read_unaligned((si + off) as *const u32) };
+        let rd64 = |off: usize| unsafe { core::ptr::read_unaligned((si + off) as *const u64) };
+        // SAFETY: single use (caller's contract), nothing else refers to the page yet.
+        let page = unsafe { &mut *core::ptr::addr_of_mut!(PVH_ZERO_PAGE) };
+        let put = |page: &mut [u8; 4096], off: usize, v: &[u8]| {
+            page[off..off + v.len()].copy_from_slice(v);
+        };
+        if rd32(0) == PVH_MAGIC {
+            let cmdline = rd64(PVH_CMDLINE);
+            put(page, CMD_LINE_PTR, &(cmdline as u32).to_le_bytes());
+            put(
+                page,
+                EXT_CMD_LINE_PTR,
+                &((cmdline >> 32) as u32).to_le_bytes(),
+            );
+            if rd32(PVH_NR_MODULES) > 0 {
+                // First module = the initrd: struct hvm_modlist_entry { paddr, size, .. }.
+                let m = rd64(PVH_MODLIST) as usize;
+                // SAFETY: the modlist is part of the start info the caller vouches for.
+                let (addr, size) = unsafe {
+                    (
+                        core::ptr::read_unaligned(m as *const u64),
+                        core::ptr::read_unaligned((m + 8) as *const u64),
+                    )
+                };
+                put(page, RAMDISK_IMAGE, &(addr as u32).to_le_bytes());
+                put(
+                    page,
+                    EXT_RAMDISK_IMAGE,
+                    &((addr >> 32) as u32).to_le_bytes(),
+                );
+                put(page, RAMDISK_SIZE, &(size as u32).to_le_bytes());
+            }
+            let n = (rd32(PVH_MEMMAP_ENTRIES) as usize).min(E820_MAX);
+            let map = rd64(PVH_MEMMAP) as usize;
+            if map != 0 {
+                for i in 0..n {
+                    let src = map + i * PVH_MEMMAP_ENTRY_SIZE;
+                    // SAFETY: memmap_entries entries at memmap_paddr, per the ABI.
+                    let (addr, size, kind) = unsafe {
+                        (
+                            core::ptr::read_unaligned(src as *const u64),
+                            core::ptr::read_unaligned((src + 8) as *const u64),
+                            core::ptr::read_unaligned((src + 16) as *const u32),
+                        )
+                    };
+                    let dst = E820_TABLE + i * E820_ENTRY_SIZE;
+                    put(page, dst, &addr.to_le_bytes());
+                    put(page, dst + 8, &size.to_le_bytes());
+                    put(page, dst + 16, &kind.to_le_bytes());
+                }
+                page[E820_ENTRIES] = n as u8;
+            }
+        }
+        Self {
+            base: page.as_ptr() as usize,
         }
     }
 

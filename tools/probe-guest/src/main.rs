@@ -58,9 +58,16 @@ pub extern "C" fn probe_main(boot_params: u64) -> ! {
     serial::println_str("capsa-probe: ring3");
     machine::boot_timer();
 
-    // SAFETY: the VMM passes the zero page in RSI (64-bit boot protocol) and never
-    // changes it afterwards.
-    let boot = unsafe { BootParams::new(boot_params) };
+    let pvh = boot::pvh_start_info();
+    let boot = if pvh != 0 {
+        // SAFETY: entered through pvh_start with EBX = hvm_start_info (PVH ABI); this is
+        // the only call.
+        unsafe { BootParams::from_pvh(pvh) }
+    } else {
+        // SAFETY: the VMM passes the zero page in RSI (64-bit boot protocol) and never
+        // changes it afterwards.
+        unsafe { BootParams::new(boot_params) }
+    };
     let cmdline = Cmdline::new(boot.cmdline());
     dma::init(&boot);
     let name = cmdline.value("probe").unwrap_or(b"hello");
