@@ -111,8 +111,12 @@ fn fds_named_by<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<RawFd> {
 /// leak through neither), and pins RLIMIT_NOFILE: soft = hard = the old hard limit (at
 /// most 2^20), as virtio-fs needs, and never raised again.
 pub fn harden_process<'a>(named: impl IntoIterator<Item = &'a Path>) -> anyhow::Result<()> {
-    let keep = fds_named_by(named);
-    close_inherited_fds(&keep)?;
+    harden_process_keeping(&fds_named_by(named))
+}
+
+/// [`harden_process`] keeping the inherited fds `keep` (besides stdin, stdout, stderr).
+pub fn harden_process_keeping(keep: &[RawFd]) -> anyhow::Result<()> {
+    close_inherited_fds(keep)?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return errno("prctl(PR_SET_NO_NEW_PRIVS)");
@@ -251,9 +255,8 @@ impl ForbiddenCall {
     }
 }
 
-/// The VMM thread hook that installs each thread's seccomp filter, or `None` at level 0.
-/// The filters are compiled here, so a bad list fails before any VM work.
-pub fn thread_hook(level: Level, devices: Devices) -> anyhow::Result<Option<ThreadHook>> {
+/// The compiled filters of this process for a VM with `devices`, or `None` at level 0.
+pub fn filters(level: Level, devices: Devices) -> anyhow::Result<Option<Filters>> {
     let ctx = seccomp::Context {
         // SAFETY: getpid has no preconditions.
         pid: unsafe { libc::getpid() },
@@ -261,8 +264,17 @@ pub fn thread_hook(level: Level, devices: Devices) -> anyhow::Result<Option<Thre
         kick_signal: libc::SIGRTMIN(),
         devices,
     };
-    let Some(filters) = Filters::compile(&ctx, level)? else {
-        tracing::warn!("seccomp filters are off (--seccomp-level 0)");
+    let filters = Filters::compile(&ctx, level)?;
+    if filters.is_none() {
+        tracing::warn!("seccomp filters are off (seccomp level 0)");
+    }
+    Ok(filters)
+}
+
+/// The VMM thread hook that installs each thread's seccomp filter, or `None` at level 0.
+/// The filters are compiled here, so a bad list fails before any VM work.
+pub fn thread_hook(level: Level, devices: Devices) -> anyhow::Result<Option<ThreadHook>> {
+    let Some(filters) = filters(level, devices)? else {
         return Ok(None);
     };
     let forbidden = ForbiddenCall::from_env()?;

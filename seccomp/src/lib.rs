@@ -56,11 +56,18 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread: KVM_RUN and the port/MMIO exits it dispatches to devices.
     Vcpu,
+    /// A host-side worker of an OCI sandbox's process (`capsa __shim`), and every thread
+    /// it spawns: talks to the guest agent over the vsock socket, relays the container's
+    /// stdio, hands a pty master to the console socket, serves the control socket, keeps
+    /// the state file and removes the guest root at the end. No VM access: no ioctl on
+    /// KVM fds, no devices. It may create threads (only threads: `clone` with the flags
+    /// of pthread_create; `clone3` is answered ENOSYS so glibc falls back to `clone`).
+    Worker,
 }
 
 impl ThreadKind {
     /// Every kind, for listing and tests.
-    pub const ALL: [ThreadKind; 2] = [ThreadKind::Vmm, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Worker];
 }
 
 impl fmt::Display for ThreadKind {
@@ -68,6 +75,7 @@ impl fmt::Display for ThreadKind {
         f.write_str(match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Worker => "worker",
         })
     }
 }
@@ -130,6 +138,11 @@ pub fn allow_list(kind: ThreadKind, ctx: &Context) -> Vec<Entry> {
 pub struct Filters {
     vmm: BpfProgram,
     vcpu: BpfProgram,
+    worker: BpfProgram,
+    /// Installed under the worker filter: clone3 fails with ENOSYS (its flags live in a
+    /// struct a filter cannot read), so glibc's pthread_create falls back to clone, whose
+    /// flags the worker list checks.
+    no_clone3: BpfProgram,
 }
 
 impl Filters {
@@ -142,7 +155,9 @@ impl Filters {
         };
         Ok(Some(Filters {
             vmm: compile(ThreadKind::Vmm, ctx, action.clone())?,
-            vcpu: compile(ThreadKind::Vcpu, ctx, action)?,
+            vcpu: compile(ThreadKind::Vcpu, ctx, action.clone())?,
+            worker: compile(ThreadKind::Worker, ctx, action)?,
+            no_clone3: no_clone3()?,
         }))
     }
 
@@ -151,16 +166,41 @@ impl Filters {
         match kind {
             ThreadKind::Vmm => &self.vmm,
             ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Worker => &self.worker,
         }
     }
 
     /// Installs the filter of `kind` on the calling thread (only: threads it creates later
     /// inherit it, threads that exist keep theirs). Also sets no_new_privs, which the
     /// kernel requires of an unprivileged process and which is set anyway by the sandbox.
+    /// A worker also gets the filter answering clone3 with ENOSYS (both apply: the kernel
+    /// takes the stricter verdict, ENOSYS over the worker list's allow).
     pub fn apply(&self, kind: ThreadKind) -> Result<(), Error> {
-        seccompiler::apply_filter(self.program(kind))
-            .map_err(|source| Error::Install { kind, source })
+        let install = |prog| {
+            seccompiler::apply_filter(prog).map_err(|source| Error::Install { kind, source })
+        };
+        if kind == ThreadKind::Worker {
+            install(&self.no_clone3)?;
+        }
+        install(self.program(kind))
     }
+}
+
+/// Everything allowed but clone3, which fails with ENOSYS.
+fn no_clone3() -> Result<BpfProgram, Error> {
+    let build = |source| Error::Build {
+        kind: ThreadKind::Worker,
+        source,
+    };
+    let map = std::collections::BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let filter = SeccompFilter::new(
+        map,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map_err(build)
 }
 
 fn compile(kind: ThreadKind, ctx: &Context, mismatch: SeccompAction) -> Result<BpfProgram, Error> {

@@ -178,6 +178,7 @@ pub(crate) fn list(kind: ThreadKind, ctx: &Context) -> Vec<Entry> {
     match kind {
         ThreadKind::Vmm => vmm(&mut l, ctx),
         ThreadKind::Vcpu => vcpu(&mut l, ctx),
+        ThreadKind::Worker => worker(&mut l),
     }
     l.0.into_values().collect()
 }
@@ -344,6 +345,112 @@ fn vcpu(l: &mut List, ctx: &Context) {
         // The guest activating or resetting the device (a register write, handled on
         // the vCPU thread) starts or stops watching the listening socket.
         l.allow(sys!(SYS_epoll_ctl));
+    }
+}
+
+/// The worker threads of an OCI sandbox's process (runtime/src/oci/shim.rs, relay.rs,
+/// control.rs, state.rs, sys.rs, agent/client.rs, guest_root.rs): everything it does
+/// outside the VM. No KVM, no devices, no processes: only files (state directory, pty,
+/// the guest root's removal), Unix sockets (agent through the vsock socket, control
+/// socket, console socket) and threads.
+fn worker(l: &mut List) {
+    // Streams (agent connections, relays, the control socket, state files).
+    l.allow(sys!(SYS_read));
+    // Waiting for the signals it forwards (sigwait).
+    l.allow(sys!(SYS_rt_sigtimedwait));
+    // Retries while the agent comes up; the VMM thread's last wait.
+    l.allow(sys!(SYS_clock_nanosleep));
+
+    // Threads: the relays and the control-socket server (std::thread::spawn). Only the
+    // flags of glibc's pthread_create (no new process, no namespace); clone3 carries its
+    // flags in memory, so a companion filter answers it ENOSYS and glibc uses clone.
+    let thread = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS
+        | libc::CLONE_PARENT_SETTID
+        | libc::CLONE_CHILD_CLEARTID;
+    l.allow_if(
+        sys!(SYS_clone),
+        &[Cond {
+            arg: 0,
+            check: Check::Eq(thread as u32),
+            what: "pthread_create's flags",
+        }],
+    );
+    l.allow(sys!(SYS_clone3));
+    // A new thread registers its robust futex list and rseq area (glibc).
+    l.allow(sys!(SYS_set_robust_list));
+    l.allow(sys!(SYS_rseq));
+
+    // State files: state.json read, written to a temp file, fsync'd and renamed, under
+    // flock; ctl.sock replaced; std::fs::read sizes files with statx.
+    l.allow(sys!(SYS_openat));
+    l.allow(sys!(SYS_statx));
+    l.allow(sys!(SYS_newfstatat));
+    l.allow(sys!(SYS_lseek));
+    l.allow(sys!(SYS_fsync));
+    l.allow(sys!(SYS_rename));
+    l.allow(sys!(SYS_unlink));
+    l.allow_if(sys!(SYS_flock), &[eq!(1, libc::LOCK_EX)]);
+    l.allow_if(sys!(SYS_flock), &[eq!(1, libc::LOCK_UN)]);
+    // Removing the guest root when the container ends (remove_dir_all: fdopendir checks
+    // the fd's flags and sets FD_CLOEXEC).
+    l.allow(sys!(SYS_getdents64));
+    l.allow(sys!(SYS_unlinkat));
+    l.allow_if(sys!(SYS_fcntl), &[eq!(1, libc::F_GETFL)]);
+    l.allow_if(
+        sys!(SYS_fcntl),
+        &[eq!(1, libc::F_SETFD), eq!(2, libc::FD_CLOEXEC)],
+    );
+    // Duplicating stdio for the relays (try_clone).
+    l.allow_if(sys!(SYS_fcntl), &[eq!(1, libc::F_DUPFD_CLOEXEC)]);
+
+    // Unix stream sockets only: the agent (through the VM's vsock socket), the control
+    // socket (bind, listen, accept), the console socket (sendmsg with the pty master).
+    l.allow_if(
+        sys!(SYS_socket),
+        &[
+            eq!(0, libc::AF_UNIX),
+            eq!(1, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
+        ],
+    );
+    l.allow(sys!(SYS_connect));
+    l.allow(sys!(SYS_bind));
+    l.allow(sys!(SYS_listen));
+    l.allow_if(sys!(SYS_accept4), &[eq!(3, libc::SOCK_CLOEXEC)]);
+    l.allow_if(sys!(SYS_sendto), &[eq!(3, libc::MSG_NOSIGNAL)]);
+    l.allow_if(sys!(SYS_recvfrom), &[eq!(3, 0)]);
+    l.allow_if(sys!(SYS_sendmsg), &[eq!(2, 0)]);
+    l.allow_if(sys!(SYS_shutdown), &[eq!(1, libc::SHUT_WR)]);
+    // Read timeouts on control connections.
+    l.allow_if(
+        sys!(SYS_setsockopt),
+        &[eq!(1, libc::SOL_SOCKET), eq!(2, libc::SO_RCVTIMEO)],
+    );
+
+    // The container's terminal: openpty (posix_openpt, unlockpt, ptsname, the peer),
+    // raw mode, controlling terminal (for SIGWINCH), window size.
+    for req in [
+        libc::TIOCGPTN,
+        libc::TIOCSPTLCK,
+        libc::TIOCGPTPEER,
+        libc::TCGETS,
+        libc::TCSETS,
+        libc::TIOCSCTTY,
+        libc::TIOCGWINSZ,
+    ] {
+        l.allow_if(
+            sys!(SYS_ioctl),
+            &[Cond {
+                arg: 1,
+                check: Check::Eq(req as u32),
+                what: "a pty or terminal request",
+            }],
+        );
     }
 }
 
