@@ -833,6 +833,9 @@ struct Report {
     capsa: String,
     guest: String,
     runs: usize,
+    /// /proc/loadavg before and after: other work on the machine shows here.
+    loadavg_before: String,
+    loadavg_after: String,
     disk: String,
     disk_bytes: u64,
     page_cache_resident_before: Option<f64>,
@@ -867,12 +870,19 @@ const NOTES: &[&str] = &[
      pair between two threads with the same 64 KiB reads and writes",
 ];
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
 
 pub fn main(args: &[String]) -> anyhow::Result<()> {
     let o = parse_opts(args)?;
+    let loadavg_before = loadavg();
     let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
         "PVM (kvm_pvm: guest ring 0 emulated)"
     } else {
@@ -1023,6 +1033,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             .as_ref()
             .map_or("built-in probe guest".into(), |k| k.display().to_string()),
         runs: o.runs,
+        loadavg_before,
+        loadavg_after: loadavg(),
         disk: o.disk.display().to_string(),
         disk_bytes,
         page_cache_resident_before: resident_before,
@@ -1055,7 +1067,8 @@ fn markdown(r: &Report) -> String {
     let pct = |f: Option<f64>| f.map_or("unknown".to_string(), |f| format!("{:.0}%", f * 100.0));
     let mut md = format!(
         "# capsa I/O benchmark: probe guest vs host\n\n\
-         Machine: {}; KVM: {}; guest: {}; {} iterations.\n\n\
+         Machine: {}; KVM: {}; guest: {}; {} iterations; load average {} before, {} \
+         after.\n\n\
          Disk: {} ({} MiB), page cache residency {} before, {} after; O_DIRECT {}. \
          Random reads: {} x 4 KiB. vsock: {} MiB per transfer (guest packets {} B, rx \
          buffers {} B).\n\n\
@@ -1065,6 +1078,8 @@ fn markdown(r: &Report) -> String {
         r.kvm,
         r.guest,
         r.runs,
+        r.loadavg_before,
+        r.loadavg_after,
         r.disk,
         r.disk_bytes >> 20,
         pct(r.page_cache_resident_before),
