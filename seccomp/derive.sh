@@ -2,7 +2,7 @@
 # Re-derives what capsa's threads call once their seccomp filter is installed, and compares
 # it with the allow-lists in seccomp/src/rules.rs. See seccomp/README.md.
 #
-#   seccomp/derive.sh [--release] [--tests] [--test NAME]... [--keep]
+#   seccomp/derive.sh [--release] [--tests] [--test NAME]... [--oci] [--keep]
 #
 # Default: builds capsa and runs every probe-guest scenario (disks, shares and vsock
 # included) under `strace -f` with `--seccomp-level 1` (log), so nothing is killed and
@@ -11,6 +11,10 @@
 #          kill: a missing entry shows as a thread killed by SIGSYS, reported below).
 #          Their host sides drive more device paths (vsock connections both ways).
 # --test NAME: only that integration test target (implies --tests; repeatable).
+# --oci: an OCI pod on the real guest (CAPSA_SECCOMP_LEVEL=1, as root): a sandbox
+#        container owning the VM (create, start, state, a signal to its host process,
+#        kill through the control socket) and a member with a terminal handed to a
+#        console socket; covers the shim's worker, signal and VMM threads.
 # --release: the release binary (glibc and std paths differ a little from debug).
 # --keep: keep the strace files (their directory is printed).
 #
@@ -20,6 +24,7 @@ cd "$(dirname "$0")/.."
 
 profile=debug
 tests=0
+oci=0
 keep=0
 only=()
 while [ $# -gt 0 ]; do
@@ -31,9 +36,10 @@ while [ $# -gt 0 ]; do
         only+=(--test "$2")
         shift
         ;;
+    --oci) oci=1 ;;
     --keep) keep=1 ;;
     *)
-        echo "usage: $0 [--release] [--tests] [--test NAME]... [--keep]" >&2
+        echo "usage: $0 [--release] [--tests] [--test NAME]... [--oci] [--keep]" >&2
         exit 2
         ;;
     esac
@@ -60,7 +66,64 @@ run() {
     strace -f -ff -qq -o "$out/$name" "$capsa" vm run --seccomp-level 1 "$@" || true
 }
 
-if [ "$tests" = 1 ]; then
+if [ "$oci" = 1 ]; then
+    kernel=$(bash guest-kernel/build.sh | tail -1)
+    root="$out/oci-root"
+    pod="$out/pod-bundle"
+    member="$out/member-bundle"
+    bash tools/busybox-bundle.sh "$pod" sh -c 'trap "exit 3" USR1; echo pod-up; sleep 100000 & wait' >/dev/null
+    bash tools/busybox-bundle.sh "$member" --tty sh -c 'tty; read line; echo got-$line' >/dev/null
+    python3 - "$pod/config.json" sandbox "$member/config.json" container <<'PY'
+import json, sys
+for path, kind in zip(sys.argv[1::2], sys.argv[2::2]):
+    c = json.load(open(path))
+    c["annotations"] = {"io.kubernetes.cri.container-type": kind,
+                        "io.kubernetes.cri.sandbox-id": "pod"}
+    json.dump(c, open(path, "w"))
+PY
+    oci() { CAPSA_SECCOMP_LEVEL=1 strace -f -ff -qq -o "$out/oci" "$capsa" --root "$root" --kernel "$kernel" "$@"; }
+    # created: waits for `create` to write the pid file (strace itself lasts as long as
+    # the traced host process).
+    created() {
+        for _ in $(seq 900); do [ -s "$1" ] && return 0; sleep 1; done
+        echo "(create: no pid file $1)" >&2
+    }
+    oci create --bundle "$pod" --pid-file "$out/pod.pid" pod </dev/null >"$out/pod.out" 2>&1 &
+    created "$out/pod.pid"
+    oci start pod || true
+    oci state pod >/dev/null || true
+    for _ in $(seq 600); do grep -q pod-up "$out/pod.out" && break; sleep 1; done
+    # A console socket that answers the member's terminal with a line.
+    python3 - "$out/console.sock" <<'PY' &
+import array, os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept()
+fds = array.array("i")
+msg, anc, _, _ = c.recvmsg(256, socket.CMSG_LEN(4))
+fds.frombytes(anc[0][2][:4])
+m = fds[0]
+time.sleep(5)
+os.write(m, b"ping\r")
+end = time.time() + 600
+buf = b""
+while b"got-ping" not in buf and time.time() < end:
+    buf += os.read(m, 4096)
+PY
+    console=$!
+    sleep 1
+    oci create --bundle "$member" --console-socket "$out/console.sock" --pid-file "$out/member.pid" member </dev/null >/dev/null 2>&1 &
+    created "$out/member.pid"
+    oci start member || true
+    wait "$console" || true
+    # A forwarded signal (the pod's trap exits 3), then kill via the control socket.
+    kill -USR1 "$(cat "$out/pod.pid")" 2>/dev/null || true
+    for _ in $(seq 120); do kill -0 "$(cat "$out/pod.pid")" 2>/dev/null || break; sleep 1; done
+    oci kill pod KILL >/dev/null 2>&1 || true
+    oci delete --force member >/dev/null 2>&1 || true
+    oci delete --force pod >/dev/null 2>&1 || true
+    wait
+elif [ "$tests" = 1 ]; then
     strace -f -ff -qq -o "$out/tests" cargo test -q -p runtime "${only[@]}" "${flags[@]}" \
         -- --test-threads=1 >"$out/cargo-test.log" 2>&1 || echo "(some tests failed: $out/cargo-test.log)" >&2
 else
@@ -98,16 +161,20 @@ else
     ) || true
 fi
 
-# Every per-thread trace that installed a filter: role, then each call made after it (with
-# the argument that its rule checks, where there is one).
+# Every per-thread trace that installed a filter, and every thread such a thread cloned
+# afterwards (it inherits the filter): role, then each call made under the filter (with
+# the argument that its rule checks, where there is one). Roles: a thread that installed
+# two filters is a worker (clone3-ENOSYS filter, then the worker list: OCI shim threads);
+# `capsa_vcpuN` threads are vCPUs; the rest the VMM thread.
 observed="$out/observed"
-for f in "$out"/*.[0-9]*; do
-    grep -q 'seccomp(SECCOMP_SET_MODE_FILTER' "$f" || continue
-    if grep -q 'PR_SET_NAME, "capsa_vcpu' "$f"; then role=vcpu; else role=vmm; fi
-    awk -v role="$role" -v file="$f" '
-        /seccomp\(SECCOMP_SET_MODE_FILTER/ { on = 1; next }
+# scan FILE ROLE ON [INSTALLS]: prints the calls made once the thread's last filter is on
+# (or from the start with ON=1), and "CHILD TID" for each thread cloned under it.
+scan() {
+    awk -v role="$2" -v on="$3" -v file="$1" -v installs="${4:-1}" '
+        /seccomp\(SECCOMP_SET_MODE_FILTER/ { if (++seen >= installs) on = 1; next }
         !on { next }
         /^\+\+\+ killed by SIGSYS/ { print "KILLED " role " " last " (" file ")"; next }
+        /^clone3?\(/ && match($0, /= [0-9]+$/) { print "CHILD " substr($0, RSTART + 2) }
         match($0, /^[a-z0-9_]+\(/) {
             name = substr($0, 1, RLENGTH - 1)
             split(substr($0, RLENGTH + 1), a, ", ")
@@ -116,11 +183,36 @@ for f in "$out"/*.[0-9]*; do
             else if (name == "madvise" || name == "tgkill" || name == "fallocate") detail = a[3]
             else if (name == "mmap") detail = a[3] " " a[4]
             else if (name == "mprotect") detail = a[3]
+            else if (name == "clone") detail = a[2]
             sub(/\).*/, "", detail)
+            sub(/^flags=/, "", detail)
             last = $0
             print role " " name (detail == "" ? "" : " [" detail "]")
         }
-    ' "$f"
+    ' "$1"
+}
+# walk FILE ROLE ON [INSTALLS]: scan, then the threads it cloned (same role, filtered
+# from birth).
+walk() {
+    local f=$1 role=$2 on=$3 line
+    scan "$f" "$role" "$on" "${4:-1}" | while read -r line; do
+        case "$line" in
+        CHILD\ *) [ -f "${f%.*}.${line#CHILD }" ] && walk "${f%.*}.${line#CHILD }" "$role" 1 ;;
+        *) echo "$line" ;;
+        esac
+    done
+}
+for f in "$out"/*.[0-9]*; do
+    installs=$(grep -c 'seccomp(SECCOMP_SET_MODE_FILTER' "$f" || true)
+    [ "$installs" -gt 0 ] || continue
+    if [ "$installs" -ge 2 ]; then
+        role=worker
+    elif grep -q 'PR_SET_NAME, "capsa_vcpu' "$f"; then
+        role=vcpu
+    else
+        role=vmm
+    fi
+    walk "$f" "$role" 0 "$installs"
 done | sort | uniq -c | sort -k2,3 >"$observed"
 
 echo "== calls made after the filter was installed (count, thread, syscall [checked arg])"

@@ -382,21 +382,23 @@ fn worker(l: &mut List) {
         }],
     );
     l.allow(sys!(SYS_clone3));
-    // A new thread registers its robust futex list and rseq area (glibc).
+    // A new thread registers its robust futex list and rseq area (glibc); its first
+    // malloc makes an arena, sized from the CPUs it may run on (sched_getaffinity of its
+    // own tid: only reads).
     l.allow(sys!(SYS_set_robust_list));
     l.allow(sys!(SYS_rseq));
+    l.allow(sys!(SYS_sched_getaffinity));
 
     // State files: state.json read, written to a temp file, fsync'd and renamed, under
-    // flock; ctl.sock replaced; std::fs::read sizes files with statx.
+    // flock (released by closing the lock file); ctl.sock replaced; std::fs::read sizes
+    // files with statx, remove_dir_all stats with newfstatat.
     l.allow(sys!(SYS_openat));
     l.allow(sys!(SYS_statx));
     l.allow(sys!(SYS_newfstatat));
-    l.allow(sys!(SYS_lseek));
     l.allow(sys!(SYS_fsync));
     l.allow(sys!(SYS_rename));
     l.allow(sys!(SYS_unlink));
     l.allow_if(sys!(SYS_flock), &[eq!(1, libc::LOCK_EX)]);
-    l.allow_if(sys!(SYS_flock), &[eq!(1, libc::LOCK_UN)]);
     // Removing the guest root when the container ends (remove_dir_all: fdopendir checks
     // the fd's flags and sets FD_CLOEXEC).
     l.allow(sys!(SYS_getdents64));
@@ -426,11 +428,6 @@ fn worker(l: &mut List) {
     l.allow_if(sys!(SYS_recvfrom), &[eq!(3, 0)]);
     l.allow_if(sys!(SYS_sendmsg), &[eq!(2, 0)]);
     l.allow_if(sys!(SYS_shutdown), &[eq!(1, libc::SHUT_WR)]);
-    // Read timeouts on control connections.
-    l.allow_if(
-        sys!(SYS_setsockopt),
-        &[eq!(1, libc::SOL_SOCKET), eq!(2, libc::SO_RCVTIMEO)],
-    );
 
     // The container's terminal: openpty (posix_openpt, unlockpt, ptsname, the peer),
     // raw mode, controlling terminal (for SIGWINCH), window size.
