@@ -4,7 +4,9 @@
 //! the VMM's boot-timer reading (process start -> the guest's first boot-timer write, which
 //! the probe does as soon as it reaches ring 3), wall time from spawn to exit, and peak RSS.
 
+mod compare;
 mod io;
+mod plot;
 mod stats;
 
 use std::io::Read;
@@ -166,6 +168,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("io") {
         return io::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("compare") {
+        return compare::main(&args[1..], default_capsa());
     }
     let a = parse_args();
     let kvm = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
