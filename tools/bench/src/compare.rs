@@ -1629,8 +1629,9 @@ Rss:                  50 kB
         };
         let (r, fp) = run_once(&s, 128, false).unwrap();
         assert_eq!((r.vmm_entry_us, r.vmm_boot_us), (Some(5), Some(9)));
+        // One reader thread takes the lines in order, so entry is stamped first.
         assert!(r.entry_us.unwrap() <= r.boot_us.unwrap());
-        assert!(r.boot_us.unwrap() <= r.exit_us);
+        // (No order against exit_us: the reader thread may see the last line after wait4.)
         assert!(fp.is_none());
         let s = Spec {
             args: os(&["-c", "printf '\\001x\\173'"]),
