@@ -51,6 +51,8 @@ fn missing_containers_say_does_not_exist() {
         &["resume", "nope"],
         &["ps", "--format", "json", "nope"],
         &["exec", "nope", "true"],
+        &["update", "--memory", "64m", "nope"],
+        &["events", "--stats", "nope"],
     ] {
         let o = oci(d.path(), args);
         assert_eq!(o.code(), Some(1), "{args:?}\n{o}");
@@ -229,6 +231,16 @@ fn a_crashed_sandbox_is_stopped_and_can_be_deleted() {
     );
     let o = oci(d.path(), &["kill", "c1", "TERM"]);
     o.assert_stderr_has("container not running");
+    for args in [
+        &["update", "--pids-limit", "5", "c1"][..],
+        &["events", "c1"],
+    ] {
+        let o = oci(d.path(), args);
+        assert_eq!(o.code(), Some(1), "{args:?} {o}");
+        o.assert_stderr_has("container not running");
+    }
+    let o = oci(d.path(), &["ps", "--format", "json", "c1"]);
+    assert_eq!(o.stdout.trim(), "[]", "{o}");
     let o = oci(d.path(), &["list", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v[0]["status"], "stopped", "{o}");

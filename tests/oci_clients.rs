@@ -416,8 +416,16 @@ fn containerd_runs_busybox_containers_in_vms() {
     assert!(seen.contains("/dev/pts/"), "{seen:?}\n{}", diag("t2"));
     assert_eq!(status.code(), Some(4), "{seen:?}");
 
+    // The task's processes, as pids in the guest (capsa ps --format json).
     let o = c.run(&["task", "ps", "t2"]);
     assert_eq!(o.code(), Some(0), "{o}\n{}", diag("t2"));
+    let pids: Vec<u32> = o
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "{o}");
     let o = c.run(&["task", "kill", "-s", "SIGKILL", "t2"]);
     assert_eq!(o.code(), Some(0), "{o}\n{}", diag("t2"));
     wait_until("t2 to stop", GUEST_DEADLINE, || {

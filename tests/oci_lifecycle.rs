@@ -7,8 +7,11 @@
 //! to us as subreaper, exit status = the container's, 128+N for signals), stdout/stderr
 //! to the fds given to create, a terminal through --console-socket (with its size),
 //! pause/resume through the vCPU freezer, the host cgroups (vCPU thread ids in `vcpu`,
-//! quota, period, shares, memory limit), the OCI hooks, and the clean-up of a sandbox
-//! whose host process was killed.
+//! quota, period, shares, memory limit, `update`), a pod member's limits in its guest
+//! cgroup (`events --stats`, `update`, read back inside the container), `ps` listing guest
+//! pids, SIGKILL of a detached exec's host process killing the guest process, the OCI
+//! hooks (create hooks see `creating`; startContainer runs inside the container in the
+//! guest), and the clean-up of a sandbox whose host process was killed.
 
 mod common;
 mod oci_common;
@@ -193,11 +196,20 @@ fn lifecycle_on_a_real_guest() {
             "cpu": {"quota": 50000, "period": 100000, "shares": 512},
             "memory": {"limit": 400i64 << 20},
         });
+        // startContainer runs in the guest, in the container, before its program: it
+        // writes through a bind mount of the hooks directory, and records pid 1 of the
+        // container's pid namespace (still capsa's container init at that point).
+        let in_container = serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c",
+            "cat > /hooks/startContainer.json; tr '\\0' ' ' < /proc/1/cmdline > /hooks/startContainer.where"]}]);
         v["hooks"] = serde_json::json!({
             "createRuntime": hook("createRuntime"), "createContainer": hook("createContainer"),
-            "startContainer": hook("startContainer"), "poststart": hook("poststart"),
+            "startContainer": in_container, "poststart": hook("poststart"),
             "poststop": hook("poststop"),
         });
+        v["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/hooks", "type": "bind",
+            "source": hooks_dir.to_str().unwrap(), "options": ["rbind", "rw"],
+        }));
     });
     let pod_pid = oci.create("pod", &pod, None);
 
@@ -216,7 +228,11 @@ fn lifecycle_on_a_real_guest() {
         (hook_state["id"].as_str(), hook_state["pid"].as_i64()),
         (Some("pod"), Some(pod_pid as i64))
     );
-    assert!(hooks_dir.join("createContainer.json").exists());
+    // runtime-spec: the create hooks see the container still `creating`.
+    assert_eq!(hook_state["status"], "creating", "{hook_state}");
+    let hook_state: serde_json::Value =
+        serde_json::from_str(&read_trim(hooks_dir.join("createContainer.json"))).unwrap();
+    assert_eq!(hook_state["status"], "creating", "{hook_state}");
     assert!(!hooks_dir.join("startContainer.json").exists());
 
     // Host cgroups: the sandbox process in the sandbox cgroup, exactly the vCPU threads in
@@ -264,7 +280,18 @@ fn lifecycle_on_a_real_guest() {
 
     oci.ok(&["start", "pod"]);
     assert_eq!(oci.status("pod"), "running");
-    assert!(hooks_dir.join("startContainer.json").exists());
+    let hook_state: serde_json::Value =
+        serde_json::from_str(&read_trim(hooks_dir.join("startContainer.json"))).unwrap();
+    assert_eq!(
+        (hook_state["id"].as_str(), hook_state["status"].as_str()),
+        (Some("pod"), Some("created")),
+        "{hook_state}"
+    );
+    let hook_where = read_trim(hooks_dir.join("startContainer.where"));
+    assert_eq!(
+        hook_where, "capsa __container-init",
+        "the startContainer hook ran in the container's pid namespace, before its program"
+    );
     let hook_state: serde_json::Value =
         serde_json::from_str(&read_trim(hooks_dir.join("poststart.json"))).unwrap();
     assert_eq!(hook_state["status"], "running");
@@ -310,8 +337,56 @@ fn lifecycle_on_a_real_guest() {
     let exec_pid: i32 = read_trim(&exec_pid_file).parse().unwrap();
     assert_eq!(wait_pid(exec_pid, GUEST_DEADLINE), 5);
 
-    let o = oci.ok(&["ps", "--format", "json", "pod"]);
-    assert_eq!(o.stdout.trim(), format!("[{pod_pid}]"));
+    // ps lists the container's processes as guest pids (sh and sleep), as the table does.
+    let guest_pids = || -> Vec<i64> {
+        let o = oci.ok(&["ps", "--format", "json", "pod"]);
+        let mut v: Vec<i64> = serde_json::from_str(o.stdout.trim()).unwrap();
+        v.sort();
+        v
+    };
+    let pod_pids = guest_pids();
+    assert!(
+        !pod_pids.is_empty() && pod_pids.iter().all(|p| *p > 1),
+        "{pod_pids:?}"
+    );
+    let o = oci.ok(&["ps", "pod"]);
+    let mut table: Vec<i64> = o
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.parse().unwrap())
+        .collect();
+    table.sort();
+    assert_eq!(table, pod_pids, "{o}");
+
+    // SIGKILL to a detached exec's host process reaches the guest process too.
+    oci.ok(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        exec_pid_file.to_str().unwrap(),
+        "pod",
+        "sleep",
+        "1000000",
+    ]);
+    let exec_pid: i32 = read_trim(&exec_pid_file).parse().unwrap();
+    let with_exec = guest_pids();
+    assert_eq!(with_exec.len(), pod_pids.len() + 1, "{with_exec:?}");
+    // SAFETY: kill with plain integers, on our own adopted child.
+    unsafe { libc::kill(exec_pid, libc::SIGKILL) };
+    assert_eq!(wait_pid(exec_pid, Duration::from_secs(30)), 137);
+    wait_until(
+        "the exec'd sleep to be killed in the guest",
+        GUEST_DEADLINE,
+        || guest_pids() == pod_pids,
+    );
+
+    // update: the owner's CPU limits go to its vCPU threads on the host.
+    oci.ok(&["update", "--cpu-quota", "60000", "pod"]);
+    if !v2 {
+        assert_eq!(read_trim(cpu.join("vcpu/cpu.cfs_quota_us")), "60000");
+        assert_eq!(read_trim(cpu.join("vcpu/cpu.cfs_period_us")), "100000");
+    }
 
     // pause freezes the vCPU threads only: state still answers.
     oci.ok(&["pause", "pod"]);
@@ -406,12 +481,62 @@ fn lifecycle_on_a_real_guest() {
             "trap 'exit 42' TERM; echo ready; sleep 1000000 & wait",
         ],
     );
-    edit_config(&c4, |v| pod_annotations(v, "container"));
+    // A pod member's limits apply to its cgroup in the guest (the VM is the pod's).
+    edit_config(&c4, |v| {
+        pod_annotations(v, "container");
+        v["linux"]["resources"] = serde_json::json!({
+            "cpu": {"quota": 20000, "period": 100000},
+            "memory": {"limit": 64i64 << 20},
+            "pids": {"limit": 20},
+        });
+        v["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        }));
+    });
     let c4_pid = oci.create("c4", &c4, None);
     oci.ok(&["start", "c4"]);
     wait_until("c4 to run", GUEST_DEADLINE, || {
         oci.output("c4").0.contains("ready")
     });
+    let o = oci.ok(&["events", "--stats", "c4"]);
+    let ev: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["id"].as_str()),
+        (Some("stats"), Some("c4"))
+    );
+    assert_eq!(ev["data"]["memory"]["usage"]["limit"], 64u64 << 20, "{ev}");
+    assert_eq!(ev["data"]["pids"]["limit"], 20, "{ev}");
+    assert_eq!(ev["data"]["pids"]["current"], 2, "sh and sleep: {ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    // update (as containerd's shim calls it: resources JSON on stdin), then read the
+    // limits back from inside the container.
+    let mut child = oci
+        .command(&["update", "--resources", "-", "c4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        br#"{"cpu": {"quota": 30000}, "memory": {"limit": 48000000}, "pids": {"limit": 12}}"#,
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let o = wait_with_deadline(child, GUEST_DEADLINE);
+    assert_eq!(o.code(), Some(0), "{o}");
+    let o = oci.ok(&[
+        "exec",
+        "c4",
+        "sh",
+        "-c",
+        "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $d/cpu.max $d/memory.max $d/pids.max",
+    ]);
+    assert_eq!(o.stdout, "30000 100000\n47996928\n12\n", "{o}");
     let o = oci.run(&["delete", "c4"]);
     o.assert_stderr_has("not stopped: running");
     oci.ok(&["kill", "c4", "TERM"]);
@@ -466,7 +591,8 @@ fn lifecycle_on_a_real_guest() {
 
 /// `capsa run` in the foreground (the README's command): the container's output on our
 /// stdout, its exit status as ours, its state left for `delete`. The rootfs here is an
-/// ext4 disk image (virtio-blk) rather than a directory (virtio-fs).
+/// ext4 disk image (virtio-blk) rather than a directory (virtio-fs), with root.readonly:
+/// the disk is attached read-only and the image is left unchanged.
 #[test]
 fn run_in_the_foreground_from_a_disk_image() {
     let kernel = guest_kernel();
@@ -479,7 +605,7 @@ fn run_in_the_foreground_from_a_disk_image() {
     let b = busybox_bundle(
         &t.path().join("bundle"),
         false,
-        &["sh", "-c", "echo hello from $(hostname) on $(awk '$2 == \"/\" {t = $3} END {print t}' /proc/mounts); echo oops >&2; exit 3"],
+        &["sh", "-c", "echo hello from $(hostname) on $(awk '$2 == \"/\" {t = $3} END {print t}' /proc/mounts) ro=$(cat /sys/block/vda/ro); touch /x 2>/dev/null && echo wrote; echo oops >&2; exit 3"],
     );
     let image = t.path().join("rootfs.ext4");
     let st = Command::new("mkfs.ext4")
@@ -490,10 +616,18 @@ fn run_in_the_foreground_from_a_disk_image() {
         .status()
         .expect("mkfs.ext4 (e2fsprogs)");
     assert!(st.success());
-    edit_config(&b, |v| v["root"]["path"] = image.to_str().unwrap().into());
+    edit_config(&b, |v| {
+        v["root"]["path"] = image.to_str().unwrap().into();
+        v["root"]["readonly"] = true.into();
+    });
+    let before = std::fs::read(&image).unwrap();
     let o = oci.run(&["run", "--bundle", b.to_str().unwrap(), "fg"]);
     assert_eq!(o.code(), Some(3), "{o}\n{}", oci.diagnostics_of("fg"));
-    assert_eq!(o.stdout, "hello from capsa on ext4\n", "{o}");
+    assert_eq!(o.stdout, "hello from capsa on ext4 ro=1\n", "{o}");
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the read-only image changed"
+    );
     assert_eq!(o.stderr, "oops\n", "{o}");
     assert_eq!(oci.status("fg"), "stopped");
     oci.ok(&["delete", "fg"]);

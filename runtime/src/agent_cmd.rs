@@ -76,6 +76,7 @@ fn rootfs_source(a: &RunArgs) -> anyhow::Result<RootfsSource> {
         RootfsSource::Block {
             serial: serial.into(),
             fstype: fstype.into(),
+            read_only: false,
         }
     } else if let Some(p) = &a.rootfs_guest {
         RootfsSource::GuestPath { path: p.clone() }
@@ -119,10 +120,14 @@ fn run_process(a: RunArgs) -> anyhow::Result<ExitCode> {
     let err = stream(StreamKind::Stderr)?;
     let t_out = std::thread::spawn(move || read_all(out));
     let t_err = std::thread::spawn(move || read_all(err));
-    client.call_ok(&Request::StartContainer { id: id.clone() })?;
+    client.call_ok(&Request::StartContainer {
+        id: id.clone(),
+        hook_state: None,
+    })?;
     let status = match client.call(&Request::Wait {
         id: id.clone(),
         exec_id: None,
+        kill_on_hangup: true,
     })? {
         Response::Exited { status } => status,
         other => bail!("unexpected reply to wait: {other:?}"),

@@ -98,6 +98,9 @@ pub enum RootfsSource {
         serial: String,
         /// Filesystem type to mount (e.g. ext4).
         fstype: String,
+        /// Mount it read-only (the disk is attached read-only: `root.readonly`).
+        #[serde(default)]
+        read_only: bool,
     },
     /// A directory inside a virtio-fs share: the agent mounts the share once, at
     /// [`SHARES_DIR`]`/<tag>`, and binds `<that>/<path>` as the rootfs. A sandbox shares
@@ -145,10 +148,15 @@ pub enum Request {
         #[serde(default)]
         stdin: bool,
     },
-    /// Run the container's init process.
+    /// Run the container's init process. Its spec's `startContainer` hooks run first,
+    /// inside the container (after the process's user and capabilities are applied,
+    /// before its program is executed), with `hook_state` (the OCI state JSON) on stdin.
     StartContainer {
         /// Container id.
         id: String,
+        /// OCI state for the startContainer hooks.
+        #[serde(default)]
+        hook_state: Option<serde_json::Value>,
     },
     /// Run an extra process in a running container.
     Exec {
@@ -180,6 +188,10 @@ pub enum Request {
         id: String,
         /// The exec'd process, or `None` for the init.
         exec_id: Option<String>,
+        /// SIGKILL the process if this connection closes before it exits: the host
+        /// process standing for it died.
+        #[serde(default)]
+        kill_on_hangup: bool,
     },
     /// Resize a process's terminal.
     ResizeTty {
@@ -201,6 +213,13 @@ pub enum Request {
     Stats {
         /// Container id.
         id: String,
+    },
+    /// Change the container's resource limits (its cgroup in the guest).
+    Update {
+        /// Container id.
+        id: String,
+        /// The new limits (fields left out are not changed).
+        resources: Box<oci_spec::runtime::LinuxResources>,
     },
     /// Remove a stopped container (or kill and remove with `force`).
     RemoveContainer {
@@ -242,6 +261,36 @@ pub struct Stats {
     pub memory_current: u64,
     /// Number of processes.
     pub pids_current: u64,
+    /// CPU time in user mode, microseconds.
+    #[serde(default)]
+    pub cpu_user_usec: u64,
+    /// CPU time in kernel mode, microseconds.
+    #[serde(default)]
+    pub cpu_system_usec: u64,
+    /// CFS periods with the quota active.
+    #[serde(default)]
+    pub cpu_periods: u64,
+    /// Periods in which the quota was used up.
+    #[serde(default)]
+    pub cpu_throttled_periods: u64,
+    /// Time throttled, microseconds.
+    #[serde(default)]
+    pub cpu_throttled_usec: u64,
+    /// memory.max (`None`: no limit).
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// memory.peak (0 where the kernel has none).
+    #[serde(default)]
+    pub memory_peak: u64,
+    /// Times memory.max was hit (memory.events `max`).
+    #[serde(default)]
+    pub memory_failcnt: u64,
+    /// Processes killed by the OOM killer in the cgroup (memory.events `oom_kill`).
+    #[serde(default)]
+    pub oom_kills: u64,
+    /// pids.max (`None`: no limit).
+    #[serde(default)]
+    pub pids_max: Option<u64>,
 }
 
 /// Error categories the host maps to its own messages.
@@ -289,7 +338,7 @@ pub enum Response {
         pids: Vec<i32>,
     },
     /// Reply to `Stats`.
-    Stats(Stats),
+    Stats(Box<Stats>),
     /// The request failed.
     Error {
         /// Category.
@@ -364,7 +413,10 @@ mod tests {
                 },
                 stdin: true,
             },
-            Request::StartContainer { id: "c1".into() },
+            Request::StartContainer {
+                id: "c1".into(),
+                hook_state: Some(serde_json::json!({"status": "created"})),
+            },
             Request::Signal {
                 id: "c1".into(),
                 exec_id: Some("e".into()),
@@ -374,12 +426,22 @@ mod tests {
             Request::Wait {
                 id: "c1".into(),
                 exec_id: None,
+                kill_on_hangup: true,
             },
             Request::ResizeTty {
                 id: "c1".into(),
                 exec_id: None,
                 rows: 24,
                 cols: 80,
+            },
+            Request::Update {
+                id: "c1".into(),
+                resources: Box::new(
+                    serde_json::from_value(serde_json::json!({
+                        "memory": {"limit": 1 << 30}, "pids": {"limit": 10}
+                    }))
+                    .unwrap(),
+                ),
             },
             Request::RemoveContainer {
                 id: "c1".into(),
@@ -423,11 +485,13 @@ mod tests {
                 status: ExitStatus::Signaled(9),
             },
             Response::Pids { pids: vec![1, 2] },
-            Response::Stats(Stats {
+            Response::Stats(Box::new(Stats {
                 cpu_usage_usec: 5,
                 memory_current: 6,
                 pids_current: 1,
-            }),
+                memory_max: Some(7),
+                ..Default::default()
+            })),
             Response::error(ErrorKind::NotFound, "container x does not exist"),
         ] {
             assert_eq!(roundtrip(&r), r);
@@ -442,10 +506,23 @@ mod tests {
             &Request::Wait {
                 id: "a".into(),
                 exec_id: None,
+                kill_on_hangup: false,
             },
         )
         .unwrap();
-        assert_eq!(&buf[4..], br#"{"op":"wait","id":"a","exec_id":null}"#);
+        assert_eq!(
+            &buf[4..],
+            br#"{"op":"wait","id":"a","exec_id":null,"kill_on_hangup":false}"#
+        );
+        // Fields added later default when an older peer leaves them out.
+        let old: Request = serde_json::from_str(r#"{"op":"start_container","id":"a"}"#).unwrap();
+        assert!(matches!(
+            old,
+            Request::StartContainer {
+                hook_state: None,
+                ..
+            }
+        ));
     }
 
     #[test]

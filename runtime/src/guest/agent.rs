@@ -17,7 +17,7 @@ use super::sys;
 use super::vsock::VsockListener;
 use crate::agent::protocol::{
     read_frame, write_frame, ErrorKind, ExitStatus, FrameError, Request, Response, RootfsSource,
-    Stats, StreamHello, StreamKind, CONTROL_PORT, PROTOCOL_VERSION, SHARES_DIR, STREAM_PORT,
+    StreamHello, StreamKind, CONTROL_PORT, PROTOCOL_VERSION, SHARES_DIR, STREAM_PORT,
 };
 
 type Reply = Result<Response, (ErrorKind, String)>;
@@ -85,14 +85,14 @@ impl Exits {
 
 struct Agent {
     containers: Mutex<HashMap<String, Container>>,
-    exits: Exits,
+    exits: Arc<Exits>,
 }
 
 /// Runs the agent forever (PID 1).
 pub fn run() -> ! {
     let agent = Arc::new(Agent {
         containers: Mutex::new(HashMap::new()),
-        exits: Exits::default(),
+        exits: Arc::default(),
     });
     let _ = std::fs::create_dir_all(RUN_DIR);
     let a = agent.clone();
@@ -201,7 +201,7 @@ fn handle_control(agent: &Agent, mut conn: File) {
     }
     loop {
         let reply = match read_frame::<_, Request>(&mut conn) {
-            Ok(req) => handle(agent, req),
+            Ok(req) => handle(agent, req, &conn),
             Err(FrameError::Closed) => return,
             Err(e @ FrameError::Malformed(_)) => err(ErrorKind::InvalidRequest, e.to_string()),
             Err(e) => {
@@ -216,7 +216,7 @@ fn handle_control(agent: &Agent, mut conn: File) {
     }
 }
 
-fn handle(agent: &Agent, req: Request) -> Reply {
+fn handle(agent: &Agent, req: Request, conn: &File) -> Reply {
     match req {
         Request::Hello { .. } => Ok(Response::Hello {
             version: PROTOCOL_VERSION,
@@ -227,7 +227,7 @@ fn handle(agent: &Agent, req: Request) -> Reply {
             rootfs,
             stdin,
         } => create(agent, &id, *spec, &rootfs, stdin),
-        Request::StartContainer { id } => start(agent, &id),
+        Request::StartContainer { id, hook_state } => start(agent, &id, hook_state),
         Request::Exec {
             id,
             exec_id,
@@ -240,8 +240,15 @@ fn handle(agent: &Agent, req: Request) -> Reply {
             signal,
             all,
         } => send_signal(agent, &id, exec_id.as_deref(), signal, all),
-        Request::Wait { id, exec_id } => {
+        Request::Wait {
+            id,
+            exec_id,
+            kill_on_hangup,
+        } => {
             let pid = with_proc(agent, &id, exec_id.as_deref(), |p| Ok(p.pid))?;
+            if kill_on_hangup {
+                kill_on_hangup_of(agent, conn, pid);
+            }
             Ok(Response::Exited {
                 status: agent.exits.wait(pid),
             })
@@ -268,7 +275,12 @@ fn handle(agent: &Agent, req: Request) -> Reply {
         }
         Request::Stats { id } => {
             let cg = with_container(agent, &id, |c| Ok(c.cgroup.clone()))?;
-            Ok(Response::Stats(cgroup_stats(&cg)))
+            Ok(Response::Stats(Box::new(super::cgroup::stats(&cg))))
+        }
+        Request::Update { id, resources } => {
+            let cg = with_container(agent, &id, |c| Ok(c.cgroup.clone()))?;
+            super::cgroup::apply(&cg, &resources).map_err(|e| (ErrorKind::Internal, e))?;
+            Ok(Response::Ok)
         }
         Request::RemoveContainer { id, force } => remove(agent, &id, force),
         Request::Shutdown => {
@@ -344,11 +356,16 @@ fn mount_rootfs(src: &RootfsSource, target: &Path) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("{}: {e}", target.display()))?;
     match src {
         RootfsSource::VirtioFs { tag } => sys::mount(Some(tag), target, Some("virtiofs"), 0, None),
-        RootfsSource::Block { serial, fstype } => {
+        RootfsSource::Block {
+            serial,
+            fstype,
+            read_only,
+        } => {
             let dev = find_disk_by_serial(serial)
                 .ok_or_else(|| format!("no disk with serial {serial:?}"))?;
             let dev = dev.to_string_lossy().into_owned();
-            sys::mount(Some(&dev), target, Some(fstype), 0, None)
+            let flags = if *read_only { libc::MS_RDONLY } else { 0 };
+            sys::mount(Some(&dev), target, Some(fstype), flags, None)
         }
         RootfsSource::SharedDir { tag, path } => {
             let dir = mount_share(tag)?.join(relative_path(path)?);
@@ -559,9 +576,11 @@ fn with_tty(
     Ok(())
 }
 
-/// Tells the helper to exec; Ok once its control fd closed (the exec happened).
-fn release(ctl: &mut UnixStream) -> Result<(), String> {
-    write_frame(ctl, &InitMsg::Start).map_err(|e| format!("starting the process: {e}"))?;
+/// Tells the helper to exec (after running the startContainer hooks with `hook_state`,
+/// for a container's init); Ok once its control fd closed (the exec happened).
+fn release(ctl: &mut UnixStream, hook_state: Option<String>) -> Result<(), String> {
+    write_frame(ctl, &InitMsg::Start(hook_state))
+        .map_err(|e| format!("starting the process: {e}"))?;
     match read_frame::<_, InitMsg>(ctl) {
         Err(FrameError::Closed) => Ok(()),
         Ok(InitMsg::Error(e)) => Err(e),
@@ -604,6 +623,10 @@ fn create(agent: &Agent, id: &str, spec: Spec, rootfs: &RootfsSource, stdin: boo
     };
     let result = (|| -> Result<Container, (ErrorKind, String)> {
         std::fs::create_dir_all(&cgroup).map_err(io_err("creating the container cgroup"))?;
+        if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            super::cgroup::apply(&cgroup, r)
+                .map_err(|e| (ErrorKind::Internal, format!("container limits: {e}")))?;
+        }
         let (child_stdio, mut ends, mut tty_ctl) =
             make_stdio(process.terminal().unwrap_or(false), stdin).map_err(io_err("stdio"))?;
         let (mut ctl, child_ctl) = UnixStream::pair().map_err(io_err("socketpair"))?;
@@ -658,14 +681,14 @@ fn create(agent: &Agent, id: &str, spec: Spec, rootfs: &RootfsSource, stdin: boo
     }
 }
 
-fn start(agent: &Agent, id: &str) -> Reply {
+fn start(agent: &Agent, id: &str, hook_state: Option<serde_json::Value>) -> Reply {
     let mut ctl = with_container(agent, id, |c| {
         c.init.ctl.take().ok_or((
             ErrorKind::InvalidState,
             format!("container {id} has already been started"),
         ))
     })?;
-    release(&mut ctl)
+    release(&mut ctl, hook_state.map(|v| v.to_string()))
         .map_err(|e| (ErrorKind::Internal, format!("starting container {id}: {e}")))?;
     Ok(Response::Ok)
 }
@@ -738,7 +761,7 @@ fn exec(
         .map_err(|e| e.to_string())
         .and_then(|_| await_ready(&mut ctl))
         .and_then(|tty| with_tty(&mut ends, &mut tty_ctl, tty))
-        .and_then(|_| release(&mut ctl));
+        .and_then(|_| release(&mut ctl, None));
     if let Err(e) = r {
         let _ = sys::kill(pid, libc::SIGKILL);
         agent.exits.wait(pid);
@@ -766,26 +789,32 @@ fn cgroup_pids(cg: &Path) -> Vec<i32> {
         .collect()
 }
 
-fn cgroup_stats(cg: &Path) -> Stats {
-    let read_u64 = |f: &str| {
-        std::fs::read_to_string(cg.join(f))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+/// Kills `pid` if `conn` (the connection waiting for it) closes first: the host process
+/// standing for `pid` is gone (killed, even by SIGKILL, which it cannot forward).
+fn kill_on_hangup_of(agent: &Agent, conn: &File, pid: i32) {
+    let Ok(conn) = conn.try_clone() else {
+        return;
     };
-    let cpu = std::fs::read_to_string(cg.join("cpu.stat"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("usage_usec ")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0);
-    Stats {
-        cpu_usage_usec: cpu,
-        memory_current: read_u64("memory.current"),
-        pids_current: read_u64("pids.current"),
+    let exited = {
+        let m = agent.exits.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.contains_key(&pid)
+    };
+    if exited {
+        return;
     }
+    let exits = agent.exits.clone();
+    std::thread::spawn(move || loop {
+        if exits.get(pid).is_some() {
+            return;
+        }
+        if sys::peer_closed(conn.as_raw_fd(), 500) {
+            if exits.get(pid).is_none() {
+                eprintln!("capsa-agent: host side of process {pid} went away: killing it");
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            return;
+        }
+    });
 }
 
 fn send_signal(agent: &Agent, id: &str, exec_id: Option<&str>, sig: i32, all: bool) -> Reply {

@@ -43,8 +43,9 @@ pub struct ExecConfig {
 pub enum InitMsg {
     /// Setup done, waiting for Start.
     Ready,
-    /// Run the program.
-    Start,
+    /// Run the program; for a container's init, first its startContainer hooks with this
+    /// OCI state on stdin.
+    Start(Option<String>),
     /// Setup or exec failed.
     Error(String),
     /// The process's terminal: its master end is attached to this frame (SCM_RIGHTS).
@@ -104,7 +105,7 @@ pub fn init_main() -> ! {
             fail(&mut ctl, e);
         }
     }
-    run_process(ctl, &process)
+    run_process(ctl, &process, Some(spec))
 }
 
 /// Entry of `capsa __container-exec`.
@@ -132,11 +133,16 @@ pub fn exec_main() -> ! {
             fail(&mut ctl, e);
         }
     }
-    run_process(ctl, &cfg.process)
+    run_process(ctl, &cfg.process, None)
 }
 
-/// Applies the process settings, reports Ready, waits for Start and execs.
-fn run_process(mut ctl: File, p: &Process) -> ! {
+/// Applies the process settings, reports Ready, waits for Start, runs the startContainer
+/// hooks of `hooks_of` (a container's init) and execs.
+///
+/// The hooks run as runc runs them: in the container's namespaces and root, with the
+/// process's user and capabilities already applied, just before its program replaces
+/// this process; a failing hook fails `start` and the process never runs.
+fn run_process(mut ctl: File, p: &Process, hooks_of: Option<&Spec>) -> ! {
     let prepared = match prepare_process(p) {
         Ok(x) => x,
         Err(e) => fail(&mut ctl, e),
@@ -144,10 +150,19 @@ fn run_process(mut ctl: File, p: &Process) -> ! {
     if write_frame(&mut ctl, &InitMsg::Ready).is_err() {
         std::process::exit(127);
     }
-    match read_frame::<_, InitMsg>(&mut ctl) {
-        Ok(InitMsg::Start) => {}
+    let state = match read_frame::<_, InitMsg>(&mut ctl) {
+        Ok(InitMsg::Start(state)) => state,
         // The agent went away or cancelled: never run the program.
         _ => std::process::exit(127),
+    };
+    if let Some(spec) = hooks_of {
+        let state = state
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let hooked = crate::oci::hooks::run(spec, crate::oci::hooks::Point::StartContainer, &state);
+        if let Err(e) = hooked {
+            fail(&mut ctl, e.to_string());
+        }
     }
     let (path, argv, envp) = prepared;
     let err = sys::execve(&path, &argv, &envp);

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod caps;
+pub mod cgroup;
 pub mod container_init;
 pub mod init;
 pub mod sys;

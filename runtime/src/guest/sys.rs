@@ -388,3 +388,37 @@ pub fn hit_boot_timer() -> io::Result<()> {
 #[path = "../../../devices/src/abi.rs"]
 #[allow(dead_code)]
 mod devices_abi;
+
+/// Waits up to `timeout_ms` for stream socket `sock` to be closed by its peer; true if it
+/// was (hang-up, error, or end of stream with no data pending).
+pub fn peer_closed(sock: RawFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if n <= 0 {
+        return false;
+    }
+    if p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        return true;
+    }
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a live buffer.
+    let r = unsafe {
+        libc::recv(
+            sock,
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if r > 0 {
+        // The peer sent something while waiting (not expected): not a hang-up, but do not
+        // spin on it either.
+        std::thread::sleep(std::time::Duration::from_millis(timeout_ms.max(0) as u64));
+    }
+    r == 0
+}

@@ -145,6 +145,28 @@ pub fn rootfs_fstype(spec: &Spec) -> String {
         .unwrap_or_else(|| "ext4".into())
 }
 
+/// `root.readonly`.
+pub fn root_readonly(spec: &Spec) -> bool {
+    spec.root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+}
+
+/// Drops linux.resources.cpu from the spec the guest gets, for a container that owns its
+/// VM: its vCPU threads carry those limits in the host's `vcpu` cgroup, and applying them
+/// again to the container's cgroup in the guest would compound them (a 0.5 CPU quota
+/// would become 0.25). Pod members keep theirs (see `guest::cgroup`).
+pub fn strip_guest_cpu_limits(spec: &mut Spec) {
+    if let Some(r) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.resources_mut().as_mut())
+    {
+        r.set_cpu(None);
+    }
+}
+
 /// The host rootfs path (root.path, relative to the bundle).
 pub fn rootfs_path(spec: &Spec, bundle: &Path) -> Result<PathBuf, BundleError> {
     let root = spec.root().as_ref().ok_or(BundleError::NoRoot)?;

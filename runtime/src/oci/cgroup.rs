@@ -80,7 +80,11 @@ pub struct Resources {
 impl Resources {
     /// From a spec.
     pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Resources {
-        let r = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        Resources::from_linux(spec.linux().as_ref().and_then(|l| l.resources().as_ref()))
+    }
+
+    /// From linux.resources (or an `update`'s resources).
+    pub fn from_linux(r: Option<&oci_spec::runtime::LinuxResources>) -> Resources {
         let cpu = r.and_then(|r| r.cpu().as_ref());
         Resources {
             cpu_quota: cpu.and_then(|c| c.quota()),
@@ -274,30 +278,110 @@ fn setup_v1(
         if h.controllers.iter().any(|c| c == "freezer") {
             rec.freezer = Some(v.clone());
         }
-        if h.controllers.iter().any(|c| c == "cpu") {
-            // Period first: the kernel checks quota against the current period.
-            if let Some(p) = res.cpu_period.filter(|p| *p > 0) {
-                write(&v.join("cpu.cfs_period_us"), &p.to_string())?;
-            }
-            if let Some(q) = res.cpu_quota {
-                let q = if q > 0 { q } else { -1 };
-                write(&v.join("cpu.cfs_quota_us"), &q.to_string())?;
-            }
-            if let Some(s) = res.cpu_shares {
-                write(&v.join("cpu.shares"), &s.to_string())?;
-            }
-        }
-        if cpuset {
-            if let Some(c) = &res.cpus {
-                write(&v.join("cpuset.cpus"), c)?;
-            }
-            if let Some(m) = &res.mems {
-                write(&v.join("cpuset.mems"), m)?;
-            }
-        }
+        write_vcpu_v1(&v, h.controllers.iter().any(|c| c == "cpu"), cpuset, res)?;
     }
     if rec.sandbox.is_empty() {
         return Err(CgroupError::NoCgroups);
+    }
+    Ok(())
+}
+
+/// Writes the CPU limits of `res` into a v1 `vcpu` cgroup of the cpu and/or cpuset
+/// hierarchy; unset fields are left as they are.
+fn write_vcpu_v1(v: &Path, cpu: bool, cpuset: bool, res: &Resources) -> Result<(), CgroupError> {
+    if cpu {
+        // Period first: the kernel checks quota against the current period.
+        if let Some(p) = res.cpu_period.filter(|p| *p > 0) {
+            write(&v.join("cpu.cfs_period_us"), &p.to_string())?;
+        }
+        if let Some(q) = res.cpu_quota {
+            let q = if q > 0 { q } else { -1 };
+            write(&v.join("cpu.cfs_quota_us"), &q.to_string())?;
+        }
+        if let Some(s) = res.cpu_shares {
+            write(&v.join("cpu.shares"), &s.to_string())?;
+        }
+    }
+    if cpuset {
+        if let Some(c) = &res.cpus {
+            write(&v.join("cpuset.cpus"), c)?;
+        }
+        if let Some(m) = &res.mems {
+            write(&v.join("cpuset.mems"), m)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the CPU limits of `res` into the v2 `vcpu` cgroup `v` (whose parent offers
+/// `avail`); unset fields are left as they are.
+fn write_vcpu_v2(v: &Path, avail: &[String], res: &Resources) -> Result<(), CgroupError> {
+    let has = |c: &str| avail.iter().any(|a| a == c);
+    let wants_cpu = res.cpu_quota.is_some_and(|q| q > 0) || res.cpu_shares.is_some();
+    if wants_cpu && !has("cpu") {
+        return Err(CgroupError::MissingController(
+            "cpu",
+            "a CPU quota or shares",
+        ));
+    }
+    if res.cpu_quota.is_some() || res.cpu_period.is_some_and(|p| p > 0) {
+        // cpu.max holds both: keep the half that is not being set.
+        let cur = std::fs::read_to_string(v.join("cpu.max")).unwrap_or_default();
+        let mut it = cur.split_whitespace();
+        let (cur_q, cur_p) = (it.next().unwrap_or("max"), it.next().unwrap_or("100000"));
+        let quota = match res.cpu_quota {
+            Some(q) if q > 0 => q.to_string(),
+            Some(_) => "max".into(),
+            None => cur_q.to_string(),
+        };
+        let period = match res.cpu_period.filter(|p| *p > 0) {
+            Some(p) => p.to_string(),
+            None => cur_p.to_string(),
+        };
+        write(&v.join("cpu.max"), &format!("{quota} {period}"))?;
+    }
+    if let Some(s) = res.cpu_shares {
+        write(&v.join("cpu.weight"), &shares_to_weight(s).to_string())?;
+    }
+    if (res.cpus.is_some() || res.mems.is_some()) && !has("cpuset") {
+        return Err(CgroupError::MissingController("cpuset", "a cpuset"));
+    }
+    if let Some(c) = &res.cpus {
+        write(&v.join("cpuset.cpus"), c)?;
+    }
+    if let Some(m) = &res.mems {
+        write(&v.join("cpuset.mems"), m)?;
+    }
+    Ok(())
+}
+
+/// Changes the CPU limits (quota, period, shares, cpuset) of a sandbox's vCPU threads
+/// (`update`). The number of vCPUs is fixed when the VM boots.
+pub fn update_vcpu(rec: &Record, res: &Resources) -> Result<(), CgroupError> {
+    // Refused as a whole before anything changes.
+    if !rec.v2 {
+        let any = |f: &str| rec.vcpu.iter().any(|v| v.join(f).exists());
+        let wants_cpu =
+            res.cpu_quota.is_some() || res.cpu_period.is_some() || res.cpu_shares.is_some();
+        if wants_cpu && !any("cpu.cfs_quota_us") {
+            return Err(CgroupError::MissingController(
+                "cpu",
+                "a CPU quota or shares",
+            ));
+        }
+        if (res.cpus.is_some() || res.mems.is_some()) && !any("cpuset.cpus") {
+            return Err(CgroupError::MissingController("cpuset", "a cpuset"));
+        }
+    }
+    for v in &rec.vcpu {
+        if rec.v2 {
+            let parent = v.parent().unwrap_or(v);
+            write_vcpu_v2(v, &v2_controllers(parent), res)?;
+        } else {
+            let cpu = v.join("cpu.cfs_quota_us").exists();
+            let cpuset = v.join("cpuset.cpus").exists();
+            write_vcpu_v1(v, cpu, cpuset, res)?;
+        }
     }
     Ok(())
 }
@@ -371,33 +455,7 @@ fn setup_v2(
         if !threaded.is_empty() {
             write(&dir.join("cgroup.subtree_control"), &threaded.join(" "))?;
         }
-        let wants_cpu = res.cpu_quota.is_some_and(|q| q > 0) || res.cpu_shares.is_some();
-        if wants_cpu && !has("cpu") {
-            return Err(CgroupError::MissingController(
-                "cpu",
-                "a CPU quota or shares",
-            ));
-        }
-        if let Some(q) = res.cpu_quota {
-            let quota = if q > 0 { q.to_string() } else { "max".into() };
-            let period = res.cpu_period.filter(|p| *p > 0).unwrap_or(100_000);
-            write(&v.join("cpu.max"), &format!("{quota} {period}"))?;
-        } else if let Some(p) = res.cpu_period.filter(|p| *p > 0) {
-            write(&v.join("cpu.max"), &format!("max {p}"))?;
-        }
-        if let Some(s) = res.cpu_shares {
-            write(&v.join("cpu.weight"), &shares_to_weight(s).to_string())?;
-        }
-        if (res.cpus.is_some() || res.mems.is_some()) && !has("cpuset") {
-            return Err(CgroupError::MissingController("cpuset", "a cpuset"));
-        }
-        if let Some(c) = &res.cpus {
-            write(&v.join("cpuset.cpus"), c)?;
-        }
-        if let Some(m) = &res.mems {
-            write(&v.join("cpuset.mems"), m)?;
-        }
-        Ok(())
+        write_vcpu_v2(&v, &avail, res)
     })();
     match result {
         Ok(()) => Ok(rec),
@@ -642,6 +700,94 @@ mod tests {
         for h in &layout.hierarchies {
             let _ = std::fs::remove_dir(h.mount.join("capsa-test"));
         }
+    }
+
+    /// cgroup v2 file writes, against a directory tree laid out like a cgroup2 mount
+    /// (these development machines have v1 controllers and a cgroup2 mount without
+    /// controllers, so the limits cannot be checked on a real v2 hierarchy here).
+    #[test]
+    fn v2_limits_and_updates_in_a_cgroupfs_like_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let all = "cpuset cpu io memory pids";
+        let sandbox = root.join("capsa/c1");
+        std::fs::create_dir_all(sandbox.join(VCPU)).unwrap();
+        for d in [root, &root.join("capsa"), &sandbox] {
+            std::fs::write(d.join("cgroup.controllers"), all).unwrap();
+        }
+        std::fs::write(sandbox.join(VCPU).join("cpu.max"), "max 100000").unwrap();
+        let layout = Layout {
+            hierarchies: vec![Hierarchy {
+                mount: root.to_path_buf(),
+                controllers: vec![],
+                unified: true,
+            }],
+        };
+        let res = Resources {
+            cpu_quota: Some(50_000),
+            cpu_period: Some(200_000),
+            cpu_shares: Some(1024),
+            cpus: Some("0-1".into()),
+            mems: Some("0".into()),
+            memory_limit: Some(300 << 20),
+        };
+        let rec = setup_sandbox(&layout, Path::new("capsa/c1"), &res).unwrap();
+        let r = |p: PathBuf| read(&p).unwrap();
+        assert!(rec.v2);
+        assert_eq!(rec.sandbox, vec![sandbox.clone()]);
+        assert_eq!(rec.vcpu, vec![sandbox.join(VCPU)]);
+        assert_eq!(rec.freezer, Some(sandbox.join(VCPU)));
+        // Each level delegates the controllers the sandbox needs; the sandbox delegates
+        // the threaded ones to vcpu.
+        assert_eq!(
+            r(root.join("cgroup.subtree_control")),
+            "+cpu +cpuset +memory +pids"
+        );
+        assert_eq!(r(sandbox.join("cgroup.subtree_control")), "+cpu +cpuset");
+        assert_eq!(r(sandbox.join("memory.max")), (300u64 << 20).to_string());
+        let v = sandbox.join(VCPU);
+        assert_eq!(r(v.join("cgroup.type")), "threaded");
+        assert_eq!(r(v.join("cpu.max")), "50000 200000");
+        assert_eq!(r(v.join("cpu.weight")), "39");
+        assert_eq!(r(v.join("cpuset.cpus")), "0-1");
+        assert_eq!(r(v.join("cpuset.mems")), "0");
+        join_vcpu_thread(&rec, 4242).unwrap();
+        assert_eq!(r(v.join("cgroup.threads")), "4242");
+        // update: a new period keeps the quota; shares and cpus change; the rest stays.
+        let upd = Resources {
+            cpu_period: Some(100_000),
+            cpu_shares: Some(2),
+            cpus: Some("1".into()),
+            ..Default::default()
+        };
+        update_vcpu(&rec, &upd).unwrap();
+        assert_eq!(r(v.join("cpu.max")), "50000 100000");
+        assert_eq!(r(v.join("cpu.weight")), "1");
+        assert_eq!(r(v.join("cpuset.cpus")), "1");
+        assert_eq!(r(v.join("cpuset.mems")), "0");
+        // A quota of -1 lifts the limit.
+        let upd = Resources {
+            cpu_quota: Some(-1),
+            ..Default::default()
+        };
+        update_vcpu(&rec, &upd).unwrap();
+        assert_eq!(r(v.join("cpu.max")), "max 100000");
+        // Freezing writes cgroup.freeze and waits for cgroup.events to say so.
+        std::fs::write(v.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        freeze(&rec, true).unwrap();
+        assert_eq!(r(v.join("cgroup.freeze")), "1");
+        assert!(is_frozen(&rec));
+        // Without the cpu controller a quota is refused.
+        std::fs::write(sandbox.join("cgroup.controllers"), "memory pids").unwrap();
+        let e = update_vcpu(
+            &rec,
+            &Resources {
+                cpu_quota: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, CgroupError::MissingController("cpu", _)), "{e}");
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub enum OciCommand {
     Spec(SpecArgs),
     /// Print what this runtime supports, as runc's `features` JSON.
     Features,
+    /// Change the container's resource limits.
+    Update(UpdateArgs),
+    /// Print the container's events (resource statistics, OOM kills) as JSON lines.
+    Events(EventsArgs),
     /// Internal: the per-container host process (the pid in --pid-file).
     #[command(name = "__shim", hide = true)]
     Shim(ShimArgs),
@@ -227,7 +231,7 @@ pub enum PsFormat {
     /// A table of the guest processes.
     #[default]
     Table,
-    /// A JSON array of host pids (the container's host processes).
+    /// A JSON array of the container's pids (in the guest, see `ps`).
     Json,
 }
 
@@ -242,6 +246,60 @@ pub struct PsArgs {
     /// Accepted for runc compatibility (ps options); ignored.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub ps_args: Vec<String>,
+}
+
+/// `update` options (runc's): `--resources FILE` (linux.resources JSON, `-` for stdin)
+/// and/or single limits; a flag overrides the file's value.
+#[derive(Args, Debug, Default)]
+pub struct UpdateArgs {
+    /// Container id.
+    pub id: String,
+    /// JSON file with the new linux.resources (`-`: read it from stdin).
+    #[arg(long, short = 'r', value_name = "FILE")]
+    pub resources: Option<PathBuf>,
+    /// Memory limit (bytes, or with a k/m/g suffix; -1: none).
+    #[arg(long, short = 'm', value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Memory soft limit (memory.low in the guest).
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory_reservation: Option<String>,
+    /// Accepted for runc compatibility: the guest has no swap.
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// CPU CFS period, microseconds.
+    #[arg(long, value_name = "USEC")]
+    pub cpu_period: Option<u64>,
+    /// CPU CFS quota, microseconds per period (-1: none).
+    #[arg(long, value_name = "USEC", allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight).
+    #[arg(long, value_name = "N")]
+    pub cpu_share: Option<u64>,
+    /// Host CPUs the vCPU threads may run on.
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// Host memory nodes the vCPU threads may use.
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_mems: Option<String>,
+    /// Maximum number of processes (0 or -1: none).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Accepted for runc compatibility; not supported (no blkio limits in the guest).
+    #[arg(long, value_name = "N", hide = true)]
+    pub blkio_weight: Option<u16>,
+}
+
+/// `events` options.
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Container id.
+    pub id: String,
+    /// Print the statistics once and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// Time between statistics (e.g. 5s, 500ms, 1m; a plain number is seconds).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub interval: String,
 }
 
 /// `list` output formats.
@@ -415,5 +473,43 @@ mod tests {
         assert!(l.quiet);
         assert!(parse(&["state"]).is_err(), "the id is required");
         assert!(parse(&["ps", "--format", "yaml", "c1"]).is_err());
+    }
+
+    #[test]
+    fn update_and_events() {
+        // As containerd's shim calls it: resources JSON on stdin.
+        let OciCommand::Update(u) = parse(&["update", "--resources", "-", "c1"]).unwrap().cmd
+        else {
+            panic!()
+        };
+        assert_eq!((u.id.as_str(), u.resources), ("c1", Some("-".into())));
+        let OciCommand::Update(u) = parse(&[
+            "update",
+            "c1",
+            "--memory",
+            "256m",
+            "--cpu-quota",
+            "-1",
+            "--pids-limit",
+            "10",
+        ])
+        .unwrap()
+        .cmd
+        else {
+            panic!()
+        };
+        assert_eq!(u.memory.as_deref(), Some("256m"));
+        assert_eq!((u.cpu_quota, u.pids_limit), (Some(-1), Some(10)));
+        let OciCommand::Events(e) = parse(&["events", "--stats", "c1"]).unwrap().cmd else {
+            panic!()
+        };
+        assert!(e.stats);
+        assert_eq!(e.interval, "5s");
+        let OciCommand::Events(e) = parse(&["events", "c1", "--interval", "1s"]).unwrap().cmd
+        else {
+            panic!()
+        };
+        assert!(!e.stats);
+        assert_eq!(e.interval, "1s");
     }
 }

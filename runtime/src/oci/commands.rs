@@ -170,7 +170,9 @@ fn create_container(
         if let Err(e) = verdict {
             bail!("{e}");
         }
-        let state = dir.read()?.oci_state(Status::Created);
+        // The container exists in the guest; it is `created` once these hooks ran
+        // (runtime-spec: they see the state `creating`).
+        let state = dir.read()?.oci_state(Status::Creating);
         let hooked = hooks::run(&spec, Point::Prestart, &state)
             .and_then(|_| hooks::run(&spec, Point::CreateRuntime, &state))
             .and_then(|_| hooks::run(&spec, Point::CreateContainer, &state));
@@ -178,6 +180,11 @@ fn create_container(
             let _ = sys::kill(pid as i32, libc::SIGKILL);
             return Err(e.into());
         }
+        dir.update(|r| {
+            if r.status == Status::Creating {
+                r.status = Status::Created;
+            }
+        })?;
         Ok(pid)
     })();
     match result {
@@ -215,11 +222,7 @@ pub fn start(g: &GlobalArgs, id: &str) -> anyhow::Result<ExitCode> {
         Status::Running | Status::Paused => bail!("cannot start an already running container"),
     }
     let spec = load_saved_spec(&dir)?;
-    hooks::run(
-        &spec,
-        Point::StartContainer,
-        &rec.oci_state(Status::Created),
-    )?;
+    // The startContainer hooks run in the guest, in the container (see guest::agent).
     control::call(&dir.file("ctl.sock"), &CtlRequest::Start, START_TIMEOUT)
         .with_context(|| format!("starting container {id}"))?;
     let rec = dir.read()?;
@@ -427,10 +430,9 @@ pub fn ps(g: &GlobalArgs, a: &PsArgs) -> anyhow::Result<ExitCode> {
     let status = rec.effective_status();
     match a.format {
         PsFormat::Json => {
-            // Host pids: the container's host process stands for it.
-            let pids: Vec<i32> = match status {
+            let pids = match status {
                 Status::Stopped | Status::Creating => vec![],
-                _ => vec![rec.pid],
+                _ => guest_pids(&rec)?,
             };
             println!("{}", serde_json::to_string(&pids)?);
         }
@@ -438,12 +440,7 @@ pub fn ps(g: &GlobalArgs, a: &PsArgs) -> anyhow::Result<ExitCode> {
             if status == Status::Stopped {
                 bail!("container not running");
             }
-            let mut c =
-                AgentClient::connect(&rec.vm_dir.join("vsock.sock"), Duration::from_secs(10))?;
-            let pids = match c.call(&Request::Ps { id: a.id.clone() })? {
-                Response::Pids { pids } => pids,
-                other => bail!("unexpected agent reply: {other:?}"),
-            };
+            let pids = guest_pids(&rec)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "PID (in the guest)")?;
             for p in pids {
@@ -452,6 +449,43 @@ pub fn ps(g: &GlobalArgs, a: &PsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The container's processes, as pids in the guest's initial pid namespace (the agent's
+/// view; the container's own pid namespace numbers them from 1). They are not host pids:
+/// the processes run in the VM, which the host sees as the container's host process.
+fn guest_pids(rec: &Record) -> anyhow::Result<Vec<i32>> {
+    if rec.effective_status() == Status::Paused || vm_paused(rec) {
+        bail!(
+            "container {} is paused (its VM is frozen): resume it first",
+            rec.id
+        );
+    }
+    let mut c = AgentClient::connect(&rec.vm_dir.join("vsock.sock"), Duration::from_secs(10))?;
+    match c.call(&Request::Ps { id: rec.id.clone() })? {
+        Response::Pids { pids } => Ok(pids),
+        other => bail!("unexpected agent reply: {other:?}"),
+    }
+}
+
+/// True if the VM serving `rec` (its own or its pod's) is paused.
+fn vm_paused(rec: &Record) -> bool {
+    let owner = if rec.role.owns_vm() {
+        Some(rec.clone())
+    } else {
+        rec.vm_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|id| {
+                StateDir {
+                    path: rec.vm_dir.clone(),
+                    id: id.to_string(),
+                }
+                .read()
+                .ok()
+            })
+    };
+    owner.is_some_and(|o| o.effective_status() == Status::Paused)
 }
 
 fn pausable(dir: &StateDir, id: &str) -> anyhow::Result<(Record, cgroup::Record)> {

@@ -2,8 +2,10 @@
 //! either `capsa exec` itself (foreground) or, with `--detach`, a `capsa __exec` process
 //! that `exec` starts in a new session and leaves to the caller's subreaper. Either way
 //! it holds the caller's stdio, relays the guest process's streams, forwards the signals
-//! it gets, and exits with the guest process's status. SIGKILL cannot be forwarded: it
-//! ends the host process only, and the guest process lives until the container stops.
+//! it gets, and exits with the guest process's status. SIGKILL cannot be forwarded, but
+//! it still reaches the guest process: the host process waits for it on an agent
+//! connection marked `kill_on_hangup`, and when that connection closes (the host process
+//! died) before the process exited, the agent kills the process with SIGKILL.
 
 use std::fs::File;
 use std::io::Read;
@@ -319,6 +321,7 @@ fn run(cfg: &ExecConfig, ready: Option<&mut Option<File>>) -> Result<i32, ExecEr
         c.call(&Request::Wait {
             id: cfg.id.clone(),
             exec_id: Some(cfg.exec_id.clone()),
+            kill_on_hangup: true,
         })
     });
     let code = match status {

@@ -1,16 +1,16 @@
-//! OCI hooks. Each runs on the host with the container's state JSON on stdin, its
-//! `args` as argv, `env` as its whole environment, and `timeout` seconds to finish
-//! (killed past that).
+//! OCI hooks. Each runs with the container's state JSON on stdin, its `args` as argv,
+//! `env` as its whole environment, and `timeout` seconds to finish (killed past that).
 //!
 //! Where they run, given that the container lives in a VM:
-//! - `prestart` (deprecated), `createRuntime`, `createContainer`: in `create`, after the
-//!   guest has created the container and before the pid file is written. A failure
-//!   destroys the container and fails `create`.
-//! - `startContainer`: in `start`, before the process starts. The spec puts it in the
-//!   container's namespaces; a host binary cannot run inside the guest, so it runs on
-//!   the host. A failure fails `start`.
-//! - `poststart`: in `start`, after the process started; failures are logged.
-//! - `poststop`: in `delete`; failures are logged.
+//! - `prestart` (deprecated), `createRuntime`, `createContainer`: on the host, in
+//!   `create`, after the guest has created the container and before the pid file is
+//!   written, with the status `creating`. A failure destroys the container and fails
+//!   `create`.
+//! - `startContainer`: in the guest, inside the container (its namespaces and root, its
+//!   user and capabilities), just before its program is executed: the container's init
+//!   helper runs them (`guest::container_init`). A failure fails `start`.
+//! - `poststart`: on the host, in `start`, after the process started; failures are logged.
+//! - `poststop`: on the host, in `delete`; failures are logged.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -24,6 +24,7 @@ pub mod shim;
 pub mod signal;
 pub mod state;
 pub mod sys;
+pub mod update;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,8 @@ pub fn main(g: GlobalArgs, cmd: OciCommand) -> ExitCode {
                 OciCommand::List(a) => commands::list(&g, &a),
                 OciCommand::Spec(a) => commands::spec(&a),
                 OciCommand::Features => commands::features(),
+                OciCommand::Update(a) => update::update(&g, &a),
+                OciCommand::Events(a) => update::events(&g, &a),
                 OciCommand::ExecMonitor(a) => exec::monitor_main(a),
                 OciCommand::Shim(_) => unreachable!("handled above"),
             };

@@ -81,16 +81,12 @@ pub fn share_container(
         RootfsSource::Block {
             serial: DISK_SERIAL.into(),
             fstype: super::bundle::rootfs_fstype(spec),
+            read_only: super::bundle::root_readonly(spec),
         }
     } else {
         let rootfs = base.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(io("creating", &rootfs))?;
-        let ro_root = spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false);
-        bind_ro(&rec.rootfs, &rootfs, ro_root)?;
+        bind_ro(&rec.rootfs, &rootfs, super::bundle::root_readonly(spec))?;
         RootfsSource::SharedDir {
             tag: SHARED_TAG.into(),
             path: format!("{id}/rootfs"),

@@ -252,7 +252,9 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
 
     let shared = shim.dir.file("shared");
     mounts::prepare_shared(&shared)?;
-    let (guest_spec, rootfs) = mounts::share_container(&shared, &id, &shim.rec, &spec)?;
+    let (mut guest_spec, rootfs) = mounts::share_container(&shared, &id, &shim.rec, &spec)?;
+    // The vCPU threads carry the CPU limits on the host (see guest::cgroup).
+    bundle::strip_guest_cpu_limits(&mut guest_spec);
 
     let root = crate::guest_root::GuestRoot::create().map_err(other("preparing the guest root"))?;
     let root_share = root.share();
@@ -270,11 +272,11 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
     config.mem_mib = bundle::vm_mem_mib(&spec).map_err(|e| ShimError::Other(e.to_string()))?;
     config.vcpus = bundle::vm_vcpus(&spec, sys::online_cpus());
     if bundle::block_rootfs(&shim.rec.rootfs).is_some() {
-        // Attached read-write: the guest enforces root.readonly (the agent mounts the
-        // filesystem read-write, then the container's root is remounted read-only).
+        // root.readonly: the disk itself is read-only (VIRTIO_BLK_F_RO, host file opened
+        // read-only), so even a compromised guest cannot write to it.
         config.disks.push(vmm::DiskConfig {
             path: shim.rec.rootfs.clone(),
-            read_only: false,
+            read_only: bundle::root_readonly(&spec),
             id: Some(mounts::DISK_SERIAL.into()),
         });
     }
@@ -470,11 +472,8 @@ fn run_container(shim: &Arc<Shim>, spec: Spec, rootfs: RootfsSource) -> Result<(
         }
     });
 
-    shim.dir.update(|r| {
-        if r.status == Status::Creating {
-            r.status = Status::Created;
-        }
-    })?;
+    // Still `creating`: `create` runs the createRuntime/createContainer hooks, then
+    // records `created`.
     report(
         &mut shim.ready.lock().unwrap_or_else(|e| e.into_inner()),
         Ok(()),
@@ -486,6 +485,7 @@ fn run_container(shim: &Arc<Shim>, spec: Spec, rootfs: RootfsSource) -> Result<(
         c.call(&Request::Wait {
             id: id.clone(),
             exec_id: None,
+            kill_on_hangup: true,
         })
     }) {
         Ok(Response::Exited { status }) => status.code(),
@@ -524,7 +524,13 @@ fn handle_control(shim: &Shim, req: CtlRequest) -> Result<(), String> {
                     }
                 })
                 .map_err(|e| e.to_string())?;
-            if let Err(e) = client.call_ok(&Request::StartContainer { id: id.clone() }) {
+            // The startContainer hooks run in the guest, inside the container.
+            let hook_state = shim.dir.read().map(|r| r.oci_state(Status::Created)).ok();
+            let req = Request::StartContainer {
+                id: id.clone(),
+                hook_state,
+            };
+            if let Err(e) = client.call_ok(&req) {
                 let _ = shim.dir.update(|r| {
                     if r.status == Status::Running {
                         r.status = Status::Created;
