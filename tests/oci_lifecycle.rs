@@ -11,7 +11,9 @@
 //! cgroup (`events --stats`, `update`, read back inside the container), `ps` listing guest
 //! pids, SIGKILL of a detached exec's host process killing the guest process, the OCI
 //! hooks (create hooks see `creating`; startContainer runs inside the container in the
-//! guest), and the clean-up of a sandbox whose host process was killed.
+//! guest), the clean-up of a sandbox whose host process was killed, and the sandboxing
+//! of the host processes: every thread under a seccomp filter (the default level, kill)
+//! with no_new_privs, inherited fds closed.
 
 mod common;
 mod oci_common;
@@ -153,6 +155,41 @@ impl Oci {
     }
 }
 
+/// Every thread of `pid` runs under a seccomp filter, with no_new_privs; returns the
+/// threads' names.
+fn assert_every_thread_filtered(pid: i32) -> Vec<String> {
+    let mut names = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        // A thread that ended meanwhile has nothing to check.
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let name = field("Name:").unwrap_or_default();
+        let tid = t.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            field("Seccomp:").as_deref(),
+            Some("2"),
+            "thread {tid} ({name}) of {pid} has no seccomp filter\n{status}"
+        );
+        assert_eq!(
+            field("NoNewPrivs:").as_deref(),
+            Some("1"),
+            "thread {tid} ({name}) of {pid}\n{status}"
+        );
+        names.push(name);
+    }
+    names
+}
+
 fn pod_annotations(v: &mut serde_json::Value, kind: &str) {
     v["annotations"] = serde_json::json!({
         "io.kubernetes.cri.container-type": kind,
@@ -211,7 +248,26 @@ fn lifecycle_on_a_real_guest() {
             "source": hooks_dir.to_str().unwrap(), "options": ["rbind", "rw"],
         }));
     });
+    // An fd without close-on-exec reaches the sandbox's host process through `create`:
+    // the host process closes what it does not need.
+    let leaked = File::open("/dev/null").unwrap();
+    let leaked_fd = 250;
+    // SAFETY: dup2 of an fd we own onto a number nothing else in this test uses.
+    let r = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&leaked), leaked_fd) };
+    assert_eq!(r, leaked_fd);
     let pod_pid = oci.create("pod", &pod, None);
+    // SAFETY: closing the duplicate made above.
+    unsafe { libc::close(leaked_fd) };
+    assert!(
+        !Path::new(&format!("/proc/{pod_pid}/fd/{leaked_fd}")).exists(),
+        "the host process kept an inherited fd"
+    );
+    // Every thread of the sandbox (VMM, vCPU, the shim's worker and signal threads and
+    // the stdio relays and control server they spawned) has its filter.
+    let threads = assert_every_thread_filtered(pod_pid);
+    for t in ["capsa", "capsa_vcpu0", "capsa_worker", "capsa_signals"] {
+        assert!(threads.iter().any(|n| n == t), "no {t} thread: {threads:?}");
+    }
 
     // The pid file's process is the state's pid, and ours now that create has exited.
     let st = oci.state("pod");
@@ -428,6 +484,9 @@ fn lifecycle_on_a_real_guest() {
     edit_config(&c2, |v| pod_annotations(v, "container"));
     let c2_pid = oci.create("c2", &c2, None);
     assert_ne!(c2_pid, pod_pid);
+    // A pod member's host process is filtered too (its main thread is its worker).
+    let threads = assert_every_thread_filtered(c2_pid);
+    assert!(threads.iter().any(|n| n == "capsa_signals"), "{threads:?}");
     assert_eq!(oci.status("c2"), "created");
     oci.ok(&["start", "c2"]);
     assert_eq!(wait_pid(c2_pid, GUEST_DEADLINE), 7);
@@ -452,6 +511,7 @@ fn lifecycle_on_a_real_guest() {
     let listener = UnixListener::bind(&sock).unwrap();
     let receiver = std::thread::spawn(move || recv_fd(&listener.accept().unwrap().0));
     let c3_pid = oci.create("c3", &c3, Some(&sock));
+    assert_every_thread_filtered(c3_pid);
     let master = receiver.join().unwrap();
     set_winsize(&master, 40, 100);
     oci.ok(&["start", "c3"]);

@@ -1,6 +1,8 @@
 //! Hardening of the `capsa vm run` process before the guest runs: inherited fds closed,
 //! no_new_privs, resource limits, no core dumps, an optional private empty root, and the
 //! per-thread seccomp filters (seccomp crate) installed through the VMM's thread hook.
+//! An OCI sandbox's host process (oci/shim.rs) uses the same pieces, plus the worker
+//! filter for its threads outside the VM.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;

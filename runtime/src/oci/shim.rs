@@ -14,6 +14,14 @@
 //! stdio to the fds inherited from `create`, serves `<state>/ctl.sock` (start, signals),
 //! forwards signals it receives to the container, waits for the container's exit and
 //! records it.
+//!
+//! Sandboxing (as `capsa vm run`, runtime/src/sandbox.rs): the process first closes every
+//! inherited fd but stdio and the ready pipe, sets no_new_privs, becomes non-dumpable and
+//! pins its rlimits. Every thread runs under a seccomp filter (level from
+//! `CAPSA_SECCOMP_LEVEL`, default 2): the signal thread and the worker install the
+//! `worker` filter themselves before the shim goes on (threads they spawn inherit it), a
+//! member's main thread installs it once its cgroups and mounts are set up, and the VM's
+//! threads get theirs from the VMM's thread hook.
 
 use std::fs::File;
 use std::io::Write;
@@ -25,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
+use seccomp::{Filters, Level, ThreadKind};
 use vmm::{FsConfig, SerialOutput, ThreadRole, Vm, VmConfig, VsockConfig};
 
 use super::bundle;
@@ -105,6 +114,10 @@ struct Shim {
     /// Set when `vm.run` returned (owner only).
     vm_ended: AtomicBool,
     guest_root: Mutex<Option<crate::guest_root::GuestRoot>>,
+    /// Seccomp level of every thread.
+    level: Level,
+    /// The compiled filters (None at level 0); threads outside the VM use `worker`.
+    filters: Option<Filters>,
 }
 
 /// Entry point of `capsa __shim`.
@@ -113,6 +126,27 @@ pub fn main(args: ShimArgs) -> ! {
     let ready = unsafe { File::from_raw_fd(args.ready_fd) };
     // SAFETY: FD_CLOEXEC on the fd just taken over.
     unsafe { libc::fcntl(args.ready_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Before the shim opens anything: what it needs of its inheritance is stdio (relayed
+    // to the container) and the ready pipe.
+    if let Err(e) = crate::sandbox::harden_process_keeping(&[args.ready_fd]) {
+        report(
+            &mut Some(ready),
+            Err(&format!("hardening the process: {e:#}")),
+        );
+        std::process::exit(1)
+    }
+    let sandboxing = seccomp_level().and_then(|level| {
+        let filters = crate::sandbox::filters(level, seccomp::Devices::default())
+            .map_err(|e| format!("seccomp: {e:#}"))?;
+        Ok((level, filters))
+    });
+    let (level, filters) = match sandboxing {
+        Ok(v) => v,
+        Err(e) => {
+            report(&mut Some(ready), Err(&e));
+            std::process::exit(1)
+        }
+    };
     let id = args
         .state_dir
         .file_name()
@@ -160,9 +194,13 @@ pub fn main(args: ShimArgs) -> ! {
         created: AtomicBool::new(false),
         vm_ended: AtomicBool::new(false),
         guest_root: Mutex::new(None),
+        level,
+        filters,
     });
     let s = shim.clone();
-    std::thread::spawn(move || signal_loop(&s));
+    if let Err(e) = spawn_filtered(&shim, "capsa_signals", move || signal_loop(&s)) {
+        fail(&shim, &e.to_string());
+    }
     let result = if shim.owner {
         run_owner(&shim)
     } else {
@@ -172,6 +210,50 @@ pub fn main(args: ShimArgs) -> ! {
         fail(&shim, &e.to_string());
     }
     unreachable_park()
+}
+
+/// `CAPSA_SECCOMP_LEVEL` (0, 1 or 2, as `capsa vm run --seccomp-level`), default 2.
+fn seccomp_level() -> Result<Level, String> {
+    std::env::var("CAPSA_SECCOMP_LEVEL")
+        .ok()
+        .map(|l| l.parse::<Level>())
+        .transpose()
+        .map_err(|e| format!("CAPSA_SECCOMP_LEVEL: {e}"))
+        .map(|l| l.unwrap_or(Level::Kill))
+}
+
+/// Installs the worker filter on the calling thread (nothing at level 0).
+fn filter_worker(shim: &Shim) -> Result<(), ShimError> {
+    match &shim.filters {
+        Some(f) => f
+            .apply(ThreadKind::Worker)
+            .map_err(|e| ShimError::Other(format!("seccomp: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Spawns thread `name`, which installs the worker filter and then runs `f`; returns
+/// once the filter is on, so no shim thread is ever unfiltered while the guest runs.
+fn spawn_filtered(
+    shim: &Arc<Shim>,
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<(), ShimError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = shim.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let r = filter_worker(&s);
+            let ok = r.is_ok();
+            let _ = tx.send(r);
+            if ok {
+                f()
+            }
+        })
+        .map_err(other("spawning a thread"))?;
+    rx.recv()
+        .map_err(|_| ShimError::Other(format!("thread {name} ended at its start")))?
 }
 
 fn unreachable_park() -> ! {
@@ -293,7 +375,7 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
         cid: VSOCK_CID,
         uds: shim.uds.clone(),
     });
-    config.thread_hook = thread_hook(&config, cg)?;
+    config.thread_hook = thread_hook(shim.level, &config, cg)?;
     tracing::debug!(
         mem_mib = config.mem_mib,
         vcpus = config.vcpus,
@@ -301,14 +383,14 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
     );
     let vm = Vm::new(config)?;
 
-    // Threads spawned from here, before the VMM thread's seccomp filter exists, stay
-    // unfiltered: the worker does all file work (state, relays, cleanup, exit).
+    // The worker does all file and socket work (agent, state, relays, control socket,
+    // cleanup, exit) under its own filter, on before the guest starts.
     let s = shim.clone();
-    std::thread::spawn(move || {
+    spawn_filtered(shim, "capsa_worker", move || {
         if let Err(e) = run_container(&s, guest_spec, rootfs) {
             fail(&s, &e.to_string());
         }
-    });
+    })?;
     let result = vm.run();
     // From here this thread is under the VMM filter: only tell the worker.
     match &result {
@@ -326,15 +408,10 @@ fn run_owner(shim: &Arc<Shim>) -> Result<(), ShimError> {
 /// thread installs its seccomp filter (sandbox.rs). Cgroup first: the filters do not
 /// allow opening cgroup files.
 fn thread_hook(
+    level: Level,
     config: &VmConfig,
     cg: cgroup::Record,
 ) -> Result<Option<vmm::ThreadHook>, ShimError> {
-    let level = std::env::var("CAPSA_SECCOMP_LEVEL")
-        .ok()
-        .map(|l| l.parse::<seccomp::Level>())
-        .transpose()
-        .map_err(|e| ShimError::Other(format!("CAPSA_SECCOMP_LEVEL: {e}")))?
-        .unwrap_or(seccomp::Level::Kill);
     let devices = seccomp::Devices {
         block: !config.disks.is_empty(),
         vsock: config.vsock.is_some(),
@@ -376,6 +453,8 @@ fn run_member(shim: &Arc<Shim>) -> Result<(), ShimError> {
     cgroup::join_process(&cg, std::process::id() as i32)?;
     let (guest_spec, rootfs) =
         mounts::share_container(&vm_dir.file("shared"), &id, &shim.rec, &spec)?;
+    // Set up: from here this thread is the worker.
+    filter_worker(shim)?;
     run_container(shim, guest_spec, rootfs)
 }
 
