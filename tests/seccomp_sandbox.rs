@@ -1,7 +1,8 @@
 //! The sandbox of `capsa vm run` on the real /dev/kvm: per-thread seccomp filters (on by
 //! default, so every other integration test runs under them too), what a filter does to a
 //! forbidden call (via the CAPSA_TEST_FORBIDDEN_SYSCALL test hook), and the process
-//! hardening (no_new_privs, rlimits, inherited fds, --chroot).
+//! hardening (no_new_privs, rlimits, inherited fds, --chroot) and an agent VM's teardown
+//! under the filters.
 
 mod common;
 
@@ -372,5 +373,43 @@ fn chroot_keeps_the_vsock_socket_directory() {
     );
     assert_eq!(server.join().unwrap(), 100000);
     // The device removed its socket through the bind mount when the VM ended.
+    assert!(!uds.exists(), "the vsock socket was left behind");
+}
+
+/// `vm run --agent` tears down under the VMM thread's filter once the guest has ended:
+/// the temporary guest root (the `/init` share) is removed with remove_dir_all, whose
+/// glibc fdopendir calls fcntl F_GETFL and F_SETFD(FD_CLOEXEC), and the vsock socket is
+/// unlinked. A call missing from the list kills capsa with SIGSYS at the default level:
+/// this is the `fcntl` kill once seen at agent-guest shutdown. The probe guest stands in
+/// for the Linux guest (the same teardown, in a second instead of minutes).
+#[test]
+fn agent_vm_teardown_runs_under_the_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let probe = probe_guest();
+    let child = capsa(&[
+        "vm",
+        "run",
+        "--agent",
+        "--kernel",
+        probe.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 probe=hello",
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    let guest_root = std::env::temp_dir().join(format!("capsa-guest-root-{}", child.id()));
+    let o = wait_with_deadline(child, DEADLINE);
+    assert_eq!(o.code(), Some(0), "{o}");
+    o.assert_probe_pass("hello");
+    assert!(
+        !guest_root.exists(),
+        "{} left behind\n{o}",
+        guest_root.display()
+    );
     assert!(!uds.exists(), "the vsock socket was left behind");
 }
