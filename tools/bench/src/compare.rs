@@ -368,6 +368,12 @@ struct Spec {
     markers: Markers,
     /// Run when the boot marker arrives (e.g. ask the agent to shut down).
     on_boot: Option<Vec<OsString>>,
+    /// Started right after spawn; the time it returns successfully is `ready_us` (a
+    /// request the guest answers once it serves, e.g. `capsa agent shutdown`, which waits
+    /// for the agent, retrying every 50 ms).
+    on_spawn: Option<Vec<OsString>>,
+    /// The run fails without a boot-timer marker.
+    require_boot: bool,
     /// Run after exit, timed separately (e.g. `capsa delete`).
     cleanup: Option<Vec<OsString>>,
     /// A file that must contain `expect` after a run (e.g. the serial log).
@@ -382,6 +388,8 @@ pub struct Run {
     pub entry_us: Option<u64>,
     /// spawn -> the boot-timer write, us.
     pub boot_us: Option<u64>,
+    /// spawn -> the `on_spawn` request answered (agent ready), us.
+    pub ready_us: Option<u64>,
     /// spawn -> exit, us.
     pub exit_us: u64,
     /// The cleanup command's wall time, us (capsa delete).
@@ -527,6 +535,10 @@ fn run_once(
             }
         })
     };
+    let ready_thread = spec
+        .on_spawn
+        .clone()
+        .map(|argv| std::thread::spawn(move || run_cmd(&argv).map(|_| Instant::now())));
     let done = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
     {
@@ -557,7 +569,16 @@ fn run_once(
     }
     let _ = out_thread.join();
     let _ = err_thread.join();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+    let ready = match ready_thread.map(|t| t.join()) {
+        None => None,
+        Some(Ok(Ok(t))) => Some(t),
+        Some(Ok(Err(e))) => {
+            seen.text.push_str(&format!("on-spawn request: {e:#}\n"));
+            None
+        }
+        Some(Err(_)) => None,
+    };
     let cleanup_us = match &spec.cleanup {
         Some(c) => {
             let t = Instant::now();
@@ -592,7 +613,14 @@ fn run_once(
             );
         }
     }
-    if spec.markers != Markers::None && seen.boot.is_none() {
+    if spec.on_spawn.is_some() && ready.is_none() {
+        bail!(
+            "{}: the request never got an answer: {}",
+            spec.label,
+            seen.text.trim()
+        );
+    }
+    if spec.require_boot && seen.boot.is_none() {
         bail!(
             "{}: no boot-timer marker seen: {}",
             spec.label,
@@ -603,6 +631,7 @@ fn run_once(
     let run = Run {
         entry_us: seen.entry.map(|e| since(e.0)),
         boot_us: seen.boot.map(|e| since(e.0)),
+        ready_us: ready.map(since),
         exit_us: exit.as_micros() as u64,
         cleanup_us,
         max_rss_kib: ru.ru_maxrss as u64,
@@ -655,6 +684,7 @@ fn slug(s: &str) -> String {
 pub struct Summaries {
     pub entry_us: Option<Summary>,
     pub boot_us: Option<Summary>,
+    pub ready_us: Option<Summary>,
     pub exit_us: Option<Summary>,
     pub cleanup_us: Option<Summary>,
     pub max_rss_kib: Option<Summary>,
@@ -672,6 +702,7 @@ impl Summaries {
         Summaries {
             entry_us: summarize(runs, |r| r.entry_us),
             boot_us: summarize(runs, |r| r.boot_us),
+            ready_us: summarize(runs, |r| r.ready_us),
             exit_us: summarize(runs, |r| Some(r.exit_us)),
             cleanup_us: summarize(runs, |r| r.cleanup_us),
             max_rss_kib: summarize(runs, |r| Some(r.max_rss_kib)),
@@ -832,11 +863,14 @@ pub fn markdown(r: &Report) -> String {
         md += &"---|".repeat(p.peers.len() + others.len());
         md += "\n";
         type Get = fn(&PeerResult) -> Option<Summary>;
-        let time_rows: [(&str, Get); 4] = [
+        let time_rows: [(&str, Get); 5] = [
             ("spawn -> first guest instruction (ms)", |x| {
                 x.summary.entry_us
             }),
             ("spawn -> boot-timer write (ms)", |x| x.summary.boot_us),
+            ("spawn -> agent answers a request (ms)", |x| {
+                x.summary.ready_us
+            }),
             ("spawn -> exit (ms)", |x| x.summary.exit_us),
             ("delete after exit (ms)", |x| x.summary.cleanup_us),
         ];
@@ -1100,6 +1134,8 @@ fn qemu_probe_spec(o: &Opts, qemu: &Path, probe: &Path, serial: &Path, accel: &s
         args,
         markers: Markers::DebugconStdout,
         on_boot: None,
+        on_spawn: None,
+        require_boot: true,
         cleanup: None,
         check: Some((serial.to_path_buf(), "PROBE-RESULT: PASS hello".into())),
         timeout: Duration::from_secs(60),
@@ -1128,6 +1164,8 @@ fn probe_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
         args: capsa_args,
         markers: Markers::CapsaStderr,
         on_boot: None,
+        on_spawn: None,
+        require_boot: true,
         cleanup: None,
         check: Some((capsa_serial, "PROBE-RESULT: PASS hello".into())),
         timeout: Duration::from_secs(60),
@@ -1260,14 +1298,16 @@ fn linux_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
     args.push("--serial".into());
     args.push(serial.into());
     let mut shutdown = vec![o.capsa.clone().into_os_string()];
-    shutdown.extend(os(&["agent", "shutdown", "--uds"]));
+    shutdown.extend(os(&["agent", "shutdown", "--timeout", "900", "--uds"]));
     shutdown.push(uds.into());
     let capsa = Spec {
         label: "capsa".into(),
         program: o.capsa.clone(),
         args,
         markers: Markers::CapsaStderr,
-        on_boot: Some(shutdown),
+        on_boot: None,
+        on_spawn: Some(shutdown),
+        require_boot: false,
         cleanup: None,
         check: None,
         timeout: Duration::from_secs(900),
@@ -1278,7 +1318,14 @@ fn linux_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
         title: "Linux guest to agent-ready (capsa's guest kernel)".into(),
         peers,
         notes: vec![
-            format!("Kernel: `{}`. The boot-timer write is the agent's (capsa as the guest's init), once it serves; \"exit\" includes asking it to shut down (`capsa agent shutdown`). A Linux kernel gives no first-instruction marker.", kernel.display()),
+            format!(
+                "Kernel: `{}`. Agent ready = `capsa agent shutdown` (started with the VM; \
+                 it connects over vsock, retrying every 50 ms, and returns once the agent \
+                 answered) returned; exit follows that shutdown. The agent also writes the \
+                 boot timer once it serves, if its guest kernel lets it (ioperm); a Linux \
+                 kernel gives no first-instruction marker.",
+                kernel.display()
+            ),
             qemu_linux_note(o, &kernel),
         ],
     })
@@ -1322,6 +1369,8 @@ fn container_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
             args,
             markers: Markers::None,
             on_boot: None,
+            on_spawn: None,
+            require_boot: false,
             cleanup: cleanup.then_some(del),
             check: None,
             timeout: Duration::from_secs(900),
@@ -1601,6 +1650,8 @@ Rss:                  50 kB
             args: vec![],
             markers: Markers::None,
             on_boot: None,
+            on_spawn: None,
+            require_boot: false,
             cleanup: None,
             check: None,
             timeout: Duration::from_secs(5),
@@ -1623,6 +1674,8 @@ Rss:                  50 kB
             ]),
             markers: Markers::CapsaStderr,
             on_boot: None,
+            on_spawn: None,
+            require_boot: true,
             cleanup: None,
             check: None,
             timeout: Duration::from_secs(30),

@@ -90,9 +90,10 @@ impl Canvas {
 
 type Figure = (&'static str, fn(&Run) -> Option<u64>);
 
-const FIGURES: [Figure; 3] = [
+const FIGURES: [Figure; 4] = [
     ("first instr.", |r| r.entry_us),
     ("boot timer", |r| r.boot_us),
+    ("agent ready", |r| r.ready_us),
     ("exit", |r| Some(r.exit_us)),
 ];
 
