@@ -677,6 +677,16 @@ mod tests {
                 "0"
             );
         }
+        // update: the new quota and shares land; the period stays.
+        let upd = Resources {
+            cpu_quota: Some(20_000),
+            cpu_shares: Some(256),
+            ..Default::default()
+        };
+        update_vcpu(&rec, &upd).unwrap();
+        assert_eq!(read(&vcpu_cpu.join("cpu.cfs_quota_us")).unwrap(), "20000");
+        assert_eq!(read(&vcpu_cpu.join("cpu.cfs_period_us")).unwrap(), "100000");
+        assert_eq!(read(&vcpu_cpu.join("cpu.shares")).unwrap(), "256");
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
