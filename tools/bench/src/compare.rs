@@ -1348,6 +1348,12 @@ fn container_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
                     "true".into(),
                 ])
                 .context("making the busybox bundle (or pass --bundle DIR)")?;
+                // crun 1.8 (Debian 12) refuses ociVersion 1.2.0 ("unknown version
+                // specified"); all three runtimes take 1.0.2 and nothing here needs more.
+                let cfg = b.join("config.json");
+                let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg)?)?;
+                spec["ociVersion"] = "1.0.2".into();
+                std::fs::write(&cfg, serde_json::to_vec_pretty(&spec)?)?;
             }
             b
         }
@@ -1394,7 +1400,8 @@ fn container_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
         title: "Container: `capsa run` vs runc and crun (busybox `true`)".into(),
         peers,
         notes: vec![format!(
-            "Bundle `{}` (tools/busybox-bundle.sh, command `true`). capsa boots a VM on `{}` \
+            "Bundle `{}` (tools/busybox-bundle.sh, command `true`, ociVersion set to 1.0.2 for \
+             crun 1.8). capsa boots a VM on `{}` \
              per container; runc and crun use host namespaces only. `run` of runc and crun \
              removes the container itself; capsa's `delete` is timed separately. Peak RSS is \
              what wait4 reports for the runtime's process (the largest of it and the children \
