@@ -1174,7 +1174,7 @@ fn probe_pair(ctx: &Ctx) -> anyhow::Result<Pair> {
     let mut notes = vec![format!(
         "Guest: the probe guest `{}` ({} bytes), the same file for both; capsa enters it at \
          its 64-bit entry (Linux boot protocol), QEMU at its PVH entry (32-bit, which \
-         switches to long mode: about 12 more guest instructions, all at ring 0).",
+         switches to long mode: about 22 more ring-0 instructions after the entry marker).",
         probe.display(),
         file_size(&probe)
     )];
