@@ -416,18 +416,46 @@ fn lifecycle_on_a_real_guest() {
     assert_eq!(table, pod_pids, "{o}");
 
     // SIGKILL to a detached exec's host process reaches the guest process too.
-    oci.ok(&[
-        "exec",
-        "--detach",
-        "--pid-file",
-        exec_pid_file.to_str().unwrap(),
-        "pod",
-        "sleep",
-        "1000000",
-    ]);
+    // Its stdio is not ours to read to the end: the host process keeps it until it exits.
+    let mut child = oci
+        .command(&[
+            "exec",
+            "--detach",
+            "--pid-file",
+            exec_pid_file.to_str().unwrap(),
+            "pod",
+            "sleep",
+            "1000000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < GUEST_DEADLINE, "exec --detach hangs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        st.success(),
+        "exec --detach sleep: {st}\n{}",
+        oci.diagnostics()
+    );
     let exec_pid: i32 = read_trim(&exec_pid_file).parse().unwrap();
     let with_exec = guest_pids();
-    assert_eq!(with_exec.len(), pod_pids.len() + 1, "{with_exec:?}");
+    if with_exec.len() != pod_pids.len() + 1 {
+        let mut st = 0;
+        // SAFETY: waitpid on our adopted child with a valid out-pointer, not blocking.
+        let r = unsafe { libc::waitpid(exec_pid, &mut st, libc::WNOHANG) };
+        panic!(
+            "the exec'd sleep is not among {with_exec:?} (before: {pod_pids:?}); its host \
+             process: waitpid {r}, status {st:#x}\n{}",
+            oci.diagnostics()
+        );
+    }
     // SAFETY: kill with plain integers, on our own adopted child.
     unsafe { libc::kill(exec_pid, libc::SIGKILL) };
     assert_eq!(wait_pid(exec_pid, Duration::from_secs(30)), 137);

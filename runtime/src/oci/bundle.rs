@@ -120,8 +120,10 @@ fn validate(spec: &Spec, bundle: &Path) -> Result<(), BundleError> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(BundleError::NoArgs);
     }
-    role(spec, "")?;
-    vm_mem_mib(spec)?;
+    // A pod member's memory limit is for its cgroup in the pod's VM, not a VM size.
+    if role(spec, "")?.owns_vm() {
+        vm_mem_mib(spec)?;
+    }
     Ok(())
 }
 
@@ -441,6 +443,15 @@ mod tests {
         );
         let e = vm_mem_mib(&s).unwrap_err().to_string();
         assert!(e.contains("too small for a VM"), "{e}");
+        // Only a VM owner's limit sizes a VM: a pod member may have a small one.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rootfs")).unwrap();
+        assert!(validate(&s, d.path()).is_err());
+        let member = spec_json(serde_json::json!({
+            "linux": {"resources": {"memory": {"limit": 64i64 << 20}}},
+            "annotations": {CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"},
+        }));
+        validate(&member, d.path()).unwrap();
         assert_eq!(cpuset_count("0"), Some(1));
         assert_eq!(cpuset_count("3-1"), None);
         assert_eq!(cpuset_count(""), None);
