@@ -204,6 +204,16 @@ fn handle_control(agent: &Agent, mut conn: File) {
             Ok(req) => handle(agent, req, &conn),
             Err(FrameError::Closed) => return,
             Err(e @ FrameError::Malformed(_)) => err(ErrorKind::InvalidRequest, e.to_string()),
+            Err(e @ FrameError::TooLarge(_)) => {
+                // Its body was not read, so the next frame cannot be found: say why, then
+                // hang up.
+                eprintln!("capsa-agent: control connection: {e}");
+                let _ = write_frame(
+                    &mut conn,
+                    &Response::error(ErrorKind::InvalidRequest, e.to_string()),
+                );
+                return;
+            }
             Err(e) => {
                 eprintln!("capsa-agent: control connection: {e}");
                 return;
@@ -947,6 +957,107 @@ mod tests {
         for bad in ["", "/abs", "../x", "a/../../x", "./a"] {
             assert!(relative_path(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Runs `handle_control` on one end of a socket pair, as for a vsock connection.
+    fn control_conn() -> (UnixStream, std::thread::JoinHandle<()>) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let agent = Agent {
+            containers: Mutex::new(HashMap::new()),
+            exits: Arc::default(),
+        };
+        let t =
+            std::thread::spawn(move || handle_control(&agent, File::from(OwnedFd::from(guest))));
+        (host, t)
+    }
+
+    fn raw_frame(s: &mut UnixStream, body: &[u8]) {
+        s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+        s.write_all(body).unwrap();
+    }
+
+    fn expect_invalid(s: &mut UnixStream) -> String {
+        match read_frame::<_, Response>(s).unwrap() {
+            Response::Error {
+                kind: ErrorKind::InvalidRequest,
+                message,
+            } => message,
+            other => panic!("expected an invalid-request error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_control_frames_get_error_replies() {
+        let (mut s, t) = control_conn();
+        write_frame(
+            &mut s,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            read_frame::<_, Response>(&mut s).unwrap(),
+            Response::Hello {
+                version: PROTOCOL_VERSION
+            }
+        );
+        // Not JSON, not UTF-8, an unknown op, a known op with a field of the wrong type, an
+        // empty frame: each gets an error reply and the connection stays usable.
+        for body in [
+            &b"{not json"[..],
+            &[0xff, 0xfe, 0x00, 0x80][..],
+            br#"{"op":"format_disk"}"#,
+            br#"{"op":"ps","id":7}"#,
+            b"",
+        ] {
+            raw_frame(&mut s, body);
+            let m = expect_invalid(&mut s);
+            assert!(m.starts_with("malformed message"), "{m}");
+        }
+        write_frame(&mut s, &Request::Ps { id: "nope".into() }).unwrap();
+        assert!(matches!(
+            read_frame::<_, Response>(&mut s).unwrap(),
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+        // A length beyond the limit: an error reply, then the agent hangs up.
+        s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        let m = expect_invalid(&mut s);
+        assert!(m.contains("exceeds"), "{m}");
+        assert!(matches!(
+            read_frame::<_, Response>(&mut s),
+            Err(FrameError::Closed)
+        ));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_bad_first_frame_is_answered_and_a_truncated_one_ends_the_connection() {
+        let (mut s, t) = control_conn();
+        raw_frame(&mut s, b"\x00garbage");
+        expect_invalid(&mut s);
+        t.join().unwrap();
+        let (mut s, t) = control_conn();
+        // (Never Shutdown here: on the host that would run reboot(2).)
+        write_frame(&mut s, &Request::Ps { id: "x".into() }).unwrap();
+        assert_eq!(expect_invalid(&mut s), "expected hello");
+        t.join().unwrap();
+        // A frame cut short by the host closing: the agent's thread ends, nothing panics.
+        let (mut s, t) = control_conn();
+        write_frame(
+            &mut s,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        let _ = read_frame::<_, Response>(&mut s).unwrap();
+        s.write_all(&[100, 0, 0, 0, b'{']).unwrap();
+        drop(s);
+        t.join().unwrap();
     }
 
     #[test]
