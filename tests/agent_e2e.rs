@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -98,6 +101,9 @@ fn agent_runs_processes_in_a_linux_guest() {
         kernel.to_str().unwrap(),
         "--mem-mib",
         "256",
+        // Two vCPUs: SMP bring-up of the guest kernel is part of what is tested.
+        "--vcpus",
+        "2",
         "--fs",
         &format!("rootfs={}", rootfs.display()),
         "--vsock-cid",
@@ -129,6 +135,22 @@ fn agent_runs_processes_in_a_linux_guest() {
     );
     assert_eq!(o.code(), Some(0), "{o}\nconsole:\n{}", console_text());
     assert_eq!(o.stdout, "hello from the guest\n", "{o}");
+
+    // Both vCPUs came up in the guest.
+    let o = agent(
+        &uds,
+        &[
+            "run",
+            "--rootfs-fs",
+            "rootfs",
+            "--",
+            "sh",
+            "-c",
+            "nproc; cat /sys/devices/system/cpu/online",
+        ],
+    );
+    assert_eq!(o.code(), Some(0), "{o}");
+    assert_eq!(o.stdout, "2\n0-1\n", "{o}\nconsole:\n{}", console_text());
 
     let o = agent(
         &uds,
@@ -180,6 +202,9 @@ fn agent_runs_processes_in_a_linux_guest() {
     let o = agent(&uds, &["run", "--rootfs-fs", "rootfs", "--", "true"]);
     assert_eq!(o.code(), Some(0), "agent still serves after an error\n{o}");
 
+    malformed_frames_get_error_replies(&uds);
+    container_lifecycle(&uds);
+
     let o = agent(&uds, &["shutdown"]);
     assert_eq!(o.code(), Some(0), "{o}");
     let vm_child = vm.0.take().unwrap();
@@ -189,6 +214,12 @@ fn agent_runs_processes_in_a_linux_guest() {
         vm_out.code(),
         Some(0),
         "{vm_out}\nconsole:\n{}",
+        console_text()
+    );
+    // The agent announced itself on the VMM's boot-timer port (ioperm + outb).
+    assert!(
+        vm_out.stderr.contains("guest boot timer: "),
+        "no boot-timer write from the agent\n{vm_out}\nconsole:\n{}",
         console_text()
     );
     assert!(
@@ -203,4 +234,263 @@ fn agent_runs_processes_in_a_linux_guest() {
         "{} is left behind",
         guest_root.display()
     );
+}
+
+/// One frame of the agent protocol: u32 little-endian length, then the body.
+fn send_frame(s: &mut UnixStream, body: &[u8]) {
+    s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+    s.write_all(body).unwrap();
+}
+
+fn recv_frame(s: &mut UnixStream) -> Option<serde_json::Value> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    Some(serde_json::from_slice(&body).expect("the agent replies with JSON"))
+}
+
+/// Speaks to the agent's control port (1024) directly, through the VMM's hybrid vsock
+/// socket: garbage must get error replies and must not take the agent (the guest's init)
+/// down.
+fn malformed_frames_get_error_replies(uds: &Path) {
+    let mut s = UnixStream::connect(uds).unwrap();
+    s.set_read_timeout(Some(GUEST_DEADLINE)).unwrap();
+    s.write_all(b"CONNECT 1024\n").unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    assert!(
+        line.starts_with(b"OK "),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
+    send_frame(&mut s, br#"{"op":"hello","version":1}"#);
+    let r = recv_frame(&mut s).unwrap();
+    assert_eq!(r["reply"], "hello", "{r}");
+    for body in [
+        &b"{not json"[..],
+        &[0xff, 0xfe, 0, 0x80][..],
+        br#"{"op":"format_disk"}"#,
+        br#"{"op":"ps","id":7}"#,
+        b"",
+    ] {
+        send_frame(&mut s, body);
+        let r = recv_frame(&mut s).expect("an error reply, not a hang-up");
+        assert_eq!(r["reply"], "error", "{r}");
+        assert_eq!(r["kind"], "invalid_request", "{r}");
+    }
+    // The connection still works after the garbage.
+    send_frame(&mut s, br#"{"op":"ps","id":"no-such-container"}"#);
+    let r = recv_frame(&mut s).unwrap();
+    assert_eq!(r["kind"], "not_found", "{r}");
+    // An oversized length: an error reply, then the agent hangs up (it cannot resync).
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let r = recv_frame(&mut s).expect("an error reply to an oversized frame");
+    assert_eq!(r["kind"], "invalid_request", "{r}");
+    assert!(recv_frame(&mut s).is_none(), "connection closed after it");
+    // A garbage stdio stream hello is dropped without harm.
+    let mut st = UnixStream::connect(uds).unwrap();
+    st.write_all(b"CONNECT 1025\n").unwrap();
+    send_frame(&mut st, b"\x00\x01garbage");
+    drop(st);
+}
+
+/// Lines of a running capsa's stdout, as they come.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns the lines seen.
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(GUEST_DEADLINE) {
+            Ok(l) => {
+                let hit = l.contains(needle);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line with {needle:?} ({e}); got {seen:?}"),
+        }
+    }
+}
+
+fn background(uds: &Path, args: &[&str]) -> KillOnDrop {
+    let mut all = vec!["agent", args[0], "--uds", uds.to_str().unwrap()];
+    all.extend_from_slice(&args[1..]);
+    KillOnDrop(Some(capsa(&all).spawn().unwrap()))
+}
+
+/// Every request of the protocol through `capsa agent` subcommands: create, start, exec
+/// (pipes and a terminal), resize of a running process's terminal, ps, stats, signals to
+/// one exec'd process and to the init, wait, rm; and a terminal sized before the start.
+fn container_lifecycle(uds: &Path) {
+    let o = agent(
+        uds,
+        &[
+            "create",
+            "c1",
+            "--rootfs-fs",
+            "rootfs",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while :; do sleep 1; done",
+        ],
+    );
+    assert_eq!(o.code(), Some(0), "{o}");
+    let init_pid: i32 = o.stdout.trim().parse().expect("create prints the pid");
+    let o = agent(uds, &["start", "c1"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+
+    // exec: an extra process in the container's namespaces, its output and exit code.
+    let o = agent(
+        uds,
+        &[
+            "exec",
+            "c1",
+            "--",
+            "sh",
+            "-c",
+            "tr '\\0' ' ' </proc/1/cmdline; echo; echo err >&2; exit 5",
+        ],
+    );
+    assert_eq!(o.code(), Some(5), "{o}");
+    assert!(o.stdout.starts_with("sh -c trap"), "{o}");
+    assert_eq!(o.stderr, "err\n", "{o}");
+
+    // exec with a terminal.
+    let o = agent(
+        uds,
+        &[
+            "exec",
+            "c1",
+            "--tty",
+            "--",
+            "sh",
+            "-c",
+            "tty; [ -t 1 ] && echo on-a-tty",
+        ],
+    );
+    assert_eq!(o.code(), Some(0), "{o}");
+    assert!(o.stdout.contains("/dev/pts/"), "{o}");
+    assert!(o.stdout.contains("on-a-tty"), "{o}");
+
+    // A running process with a terminal: resize it, and it sees SIGWINCH and the new size.
+    let mut winch = background(
+        uds,
+        &[
+            "exec",
+            "c1",
+            "--exec-id",
+            "winch",
+            "--tty",
+            "--",
+            "sh",
+            "-c",
+            "trap 'stty size; exit 3' WINCH; echo ready; while :; do sleep 1; done",
+        ],
+    );
+    let winch_lines = lines_of(winch.0.as_mut().unwrap());
+    wait_for_line(&winch_lines, "ready");
+
+    // ps and stats while init and the exec'd shell run.
+    let o = agent(uds, &["ps", "c1"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+    let pids: Vec<i32> = o.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(pids.contains(&init_pid), "init {init_pid} in {pids:?}");
+    assert!(pids.len() >= 2, "init and the exec'd shell: {pids:?}");
+    let o = agent(uds, &["stats", "c1"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+    let stats: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert!(stats["pids_current"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["memory_current"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["cpu_usage_usec"].as_u64().unwrap() > 0, "{stats}");
+
+    let o = agent(uds, &["resize", "c1", "--exec-id", "winch", "33", "101"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+    wait_for_line(&winch_lines, "33 101");
+    let o = wait_with_deadline(winch.0.take().unwrap(), GUEST_DEADLINE);
+    assert_eq!(o.code(), Some(3), "{o}");
+
+    // A signal to one exec'd process; wait reports it (also after the fact).
+    let mut sleeper = background(
+        uds,
+        &[
+            "exec",
+            "c1",
+            "--exec-id",
+            "sleeper",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 1000",
+        ],
+    );
+    let sleeper_lines = lines_of(sleeper.0.as_mut().unwrap());
+    wait_for_line(&sleeper_lines, "ready");
+    let o = agent(uds, &["kill", "c1", "--exec-id", "sleeper", "KILL"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+    let o = wait_with_deadline(sleeper.0.take().unwrap(), GUEST_DEADLINE);
+    assert_eq!(o.code(), Some(137), "{o}");
+    let o = agent(uds, &["wait", "c1", "--exec-id", "sleeper"]);
+    assert_eq!(
+        (o.code(), o.stdout.as_str()),
+        (Some(137), "signaled 9\n"),
+        "{o}"
+    );
+
+    // SIGTERM to the init, which traps it; wait gets its exit code.
+    let o = agent(uds, &["kill", "c1", "TERM"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+    let o = agent(uds, &["wait", "c1"]);
+    assert_eq!(
+        (o.code(), o.stdout.as_str()),
+        (Some(42), "exited 42\n"),
+        "{o}"
+    );
+    let o = agent(uds, &["rm", "c1"]);
+    assert_eq!(o.code(), Some(0), "{o}");
+    let o = agent(uds, &["ps", "c1"]);
+    assert_ne!(o.code(), Some(0), "removed: {o}");
+    assert!(o.stderr.contains("does not exist"), "{o}");
+
+    // The init's terminal, sized before the program starts.
+    let o = agent(
+        uds,
+        &[
+            "create",
+            "c2",
+            "--rootfs-fs",
+            "rootfs",
+            "--tty",
+            "--tty-size",
+            "40x120",
+            "--",
+            "sh",
+            "-c",
+            "stty size; exit 4",
+        ],
+    );
+    assert_eq!(o.code(), Some(0), "{o}");
+    let o = agent(uds, &["start", "c2", "--attach", "--tty"]);
+    assert_eq!(o.code(), Some(4), "{o}");
+    assert!(o.stdout.contains("40 120"), "{o}");
+    let o = agent(uds, &["rm", "c2"]);
+    assert_eq!(o.code(), Some(0), "{o}");
 }
