@@ -73,6 +73,10 @@ fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("__container-init") => guest::container_init::init_main(),
         Some("__container-exec") => guest::container_init::exec_main(),
+        Some("__cpu-state-check") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            return guest::cpu_state::main(&args);
+        }
         _ => {}
     }
     let cli = Cli::parse();

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod caps;
 pub mod cgroup;
 pub mod container_init;
+pub mod cpu_state;
 pub mod init;
 pub mod sys;
 pub mod vsock;
