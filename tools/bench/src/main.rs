@@ -149,15 +149,7 @@ struct Report {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
+    let cpu = compare::cpu_model().unwrap_or_else(|| "unknown cpu".into());
     format!(
         "{cpu}, {} cpus",
         std::thread::available_parallelism().map_or(0, |n| n.get())
