@@ -85,6 +85,14 @@ fn agent(uds: &Path, args: &[&str]) -> Output {
     wait_with_deadline(child, GUEST_DEADLINE)
 }
 
+/// Runs `sh -c SCRIPT` in a new container on the busybox share.
+fn sh_in_container(uds: &Path, script: &str) -> Output {
+    agent(
+        uds,
+        &["run", "--rootfs-fs", "rootfs", "--", "sh", "-c", script],
+    )
+}
+
 #[test]
 fn agent_runs_processes_in_a_linux_guest() {
     let kernel = guest_kernel();
@@ -137,58 +145,22 @@ fn agent_runs_processes_in_a_linux_guest() {
     assert_eq!(o.stdout, "hello from the guest\n", "{o}");
 
     // Both vCPUs came up in the guest.
-    let o = agent(
-        &uds,
-        &[
-            "run",
-            "--rootfs-fs",
-            "rootfs",
-            "--",
-            "sh",
-            "-c",
-            "nproc; cat /sys/devices/system/cpu/online",
-        ],
-    );
+    let o = sh_in_container(&uds, "nproc; cat /sys/devices/system/cpu/online");
     assert_eq!(o.code(), Some(0), "{o}");
     assert_eq!(o.stdout, "2\n0-1\n", "{o}\nconsole:\n{}", console_text());
 
-    let o = agent(
-        &uds,
-        &["run", "--rootfs-fs", "rootfs", "--", "sh", "-c", "exit 7"],
-    );
+    let o = sh_in_container(&uds, "exit 7");
     assert_eq!(o.code(), Some(7), "{o}\nconsole:\n{}", console_text());
 
     // Streams stay separate, and the container sees its own pid namespace and hostname.
-    let o = agent(
-        &uds,
-        &[
-            "run",
-            "--rootfs-fs",
-            "rootfs",
-            "--",
-            "sh",
-            "-c",
-            "echo out $$ $(hostname); echo err >&2; exit 3",
-        ],
-    );
+    let o = sh_in_container(&uds, "echo out $$ $(hostname); echo err >&2; exit 3");
     assert_eq!(o.code(), Some(3), "{o}");
     assert_eq!(o.stdout, "out 1 capsa\n", "{o}");
     assert_eq!(o.stderr, "err\n", "{o}");
 
     // The container's init is PID 1 of its own pid namespace: a signal from inside the
     // namespace without a handler cannot kill it (as under runc).
-    let o = agent(
-        &uds,
-        &[
-            "run",
-            "--rootfs-fs",
-            "rootfs",
-            "--",
-            "sh",
-            "-c",
-            "kill -9 $$; echo survived",
-        ],
-    );
+    let o = sh_in_container(&uds, "kill -9 $$; echo survived");
     assert_eq!(o.code(), Some(0), "{o}");
     assert_eq!(o.stdout, "survived\n", "{o}");
 

@@ -971,6 +971,23 @@ mod tests {
         (host, t)
     }
 
+    /// The handshake every connection starts with.
+    fn hello(s: &mut UnixStream) {
+        write_frame(
+            s,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            read_frame::<_, Response>(s).unwrap(),
+            Response::Hello {
+                version: PROTOCOL_VERSION
+            }
+        );
+    }
+
     fn raw_frame(s: &mut UnixStream, body: &[u8]) {
         s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
         s.write_all(body).unwrap();
@@ -989,19 +1006,7 @@ mod tests {
     #[test]
     fn malformed_control_frames_get_error_replies() {
         let (mut s, t) = control_conn();
-        write_frame(
-            &mut s,
-            &Request::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            read_frame::<_, Response>(&mut s).unwrap(),
-            Response::Hello {
-                version: PROTOCOL_VERSION
-            }
-        );
+        hello(&mut s);
         // Not JSON, not UTF-8, an unknown op, a known op with a field of the wrong type, an
         // empty frame: each gets an error reply and the connection stays usable.
         for body in [
@@ -1047,14 +1052,7 @@ mod tests {
         t.join().unwrap();
         // A frame cut short by the host closing: the agent's thread ends, nothing panics.
         let (mut s, t) = control_conn();
-        write_frame(
-            &mut s,
-            &Request::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .unwrap();
-        let _ = read_frame::<_, Response>(&mut s).unwrap();
+        hello(&mut s);
         s.write_all(&[100, 0, 0, 0, b'{']).unwrap();
         drop(s);
         t.join().unwrap();
