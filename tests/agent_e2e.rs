@@ -99,6 +99,8 @@ fn agent_runs_processes_in_a_linux_guest() {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
+    // capsa itself, for `__cpu-state-check` inside a container.
+    std::fs::copy(capsa_bin(), rootfs.join("capsa")).unwrap();
     let uds = dir.path().join("vsock.sock");
     let console = dir.path().join("console.log");
     let vm = capsa(&[
@@ -151,6 +153,25 @@ fn agent_runs_processes_in_a_linux_guest() {
 
     let o = sh_in_container(&uds, "exit 7");
     assert_eq!(o.code(), Some(7), "{o}\nconsole:\n{}", console_text());
+
+    // On PVM hosts the guest kernel cannot save user AVX state, so capsa boots the guest
+    // with glibc tunables that keep libc on SSE: they reach container processes, and
+    // libc's copies stay intact while two processes compete for the vCPUs.
+    let o = sh_in_container(
+        &uds,
+        "echo \"tunables=$GLIBC_TUNABLES\"; /capsa __cpu-state-check --libc 5",
+    );
+    assert_eq!(o.code(), Some(0), "{o}\nconsole:\n{}", console_text());
+    let tunables = o.stdout.lines().next().unwrap_or_default();
+    if host_is_pvm() {
+        assert!(
+            tunables.starts_with("tunables=glibc.cpu.hwcaps=-AVX,-AVX2,"),
+            "{o}"
+        );
+    } else {
+        assert_eq!(tunables, "tunables=", "{o}");
+    }
+    assert!(o.stdout.contains(", 0 with a corrupted copy\n"), "{o}");
 
     // Streams stay separate, and the container sees its own pid namespace and hostname.
     let o = sh_in_container(&uds, "echo out $$ $(hostname); echo err >&2; exit 3");

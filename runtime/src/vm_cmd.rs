@@ -96,7 +96,9 @@ fn parse_share(s: &str) -> Result<FsConfig, String> {
 ///   not need.
 /// - On PVM hosts ([`PVM_CMDLINE`]): `capsa.pvm=1` switches on the guest-kernel workarounds
 ///   (guest-kernel/patches); the rest keeps the kernel off instructions and paths that PVM's
-///   ring-0 emulator lacks or runs slowly.
+///   ring-0 emulator lacks or runs slowly, and `GLIBC_TUNABLES` (which the kernel passes to
+///   init's environment) keeps guest user space off AVX state the guest kernel cannot save
+///   ([`crate::guest::PVM_GLIBC_TUNABLES`]).
 pub fn agent_cmdline(pvm: bool) -> String {
     let mut c = format!(
         "console=ttyS0 root={} rootfstype=virtiofs ro init=/init reboot=k panic=1 quiet tsc=reliable no_timer_check noreplace-smp",
@@ -105,6 +107,11 @@ pub fn agent_cmdline(pvm: bool) -> String {
     if pvm {
         c.push(' ');
         c.push_str(PVM_CMDLINE);
+        c.push_str(&format!(
+            " {}={}",
+            crate::guest::GLIBC_TUNABLES,
+            crate::guest::PVM_GLIBC_TUNABLES
+        ));
     }
     c
 }
@@ -208,6 +215,18 @@ fn run_vm(args: RunArgs, start: Instant) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pvm_agent_cmdline_carries_the_glibc_tunables() {
+        let plain = agent_cmdline(false);
+        assert!(!plain.contains("capsa.pvm") && !plain.contains("GLIBC_TUNABLES"));
+        let pvm = agent_cmdline(true);
+        assert!(pvm.contains(" capsa.pvm=1 "), "{pvm}");
+        // One word, so the kernel hands it to init's environment whole.
+        let word = format!("GLIBC_TUNABLES={}", crate::guest::PVM_GLIBC_TUNABLES);
+        assert!(pvm.split(' ').any(|w| w == word), "{pvm}");
+        assert!(crate::guest::PVM_GLIBC_TUNABLES.contains("-AVX2,"));
+    }
 
     #[test]
     fn disk_options() {

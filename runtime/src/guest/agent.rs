@@ -500,11 +500,18 @@ fn spawn_helper(
         CString::new("capsa").expect("no NUL"),
         CString::new(mode).expect("no NUL"),
     ];
-    let envp: [CString; 0] = [];
+    // Only the guest's glibc tunables are passed on (see super::PVM_GLIBC_TUNABLES): the
+    // helper and, through it, the container's processes need them from their first
+    // instruction.
+    let envp: Vec<CString> = std::env::var(super::GLIBC_TUNABLES)
+        .ok()
+        .and_then(|v| CString::new(format!("{}={v}", super::GLIBC_TUNABLES)).ok())
+        .into_iter()
+        .collect();
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
-    let envp_p: [*const libc::c_char; 1] = [std::ptr::null()];
-    let _ = &envp;
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
     // Move every source fd above the targets first so dup2 can't clobber one.
     let srcs: [RawFd; 4] = [
         stdio[0].as_raw_fd(),

@@ -183,7 +183,10 @@ fn prepare_process(p: &Process) -> Result<Prepared, String> {
     }
     let cwd = p.cwd();
     std::env::set_current_dir(cwd).map_err(|e| format!("cwd {}: {e}", cwd.display()))?;
-    let env: Vec<String> = p.env().clone().unwrap_or_default();
+    let env = with_guest_tunables(
+        p.env().clone().unwrap_or_default(),
+        std::env::var(super::GLIBC_TUNABLES).ok().as_deref(),
+    );
     let args = p.args().clone().unwrap_or_default();
     let first = args.first().ok_or("the process has no args")?;
     let path = resolve_program(first, &env)?;
@@ -197,6 +200,27 @@ fn prepare_process(p: &Process) -> Result<Prepared, String> {
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|e| format!("no_new_privs: {e}"))?;
     }
     Ok((path, argv, envp))
+}
+
+/// Adds the guest's glibc tunables (`guest`: this helper's own `GLIBC_TUNABLES`, set only
+/// on PVM hosts, see [`super::PVM_GLIBC_TUNABLES`]) to a process's environment. A process
+/// that sets its own tunables keeps them, with the guest's appended unless it chose its
+/// own `glibc.cpu.hwcaps`.
+pub fn with_guest_tunables(mut env: Vec<String>, guest: Option<&str>) -> Vec<String> {
+    let Some(guest) = guest.filter(|g| !g.is_empty()) else {
+        return env;
+    };
+    let prefix = format!("{}=", super::GLIBC_TUNABLES);
+    match env.iter_mut().find(|e| e.starts_with(&prefix)) {
+        Some(own) if own.contains("glibc.cpu.hwcaps=") => {}
+        Some(own) if own.len() == prefix.len() => own.push_str(guest),
+        Some(own) => {
+            own.push(':');
+            own.push_str(guest);
+        }
+        None => env.push(format!("{prefix}{guest}")),
+    }
+    env
 }
 
 fn apply_identity(p: &Process) -> Result<(), String> {
@@ -624,6 +648,35 @@ mod tests {
         assert_eq!(m.propagation, libc::MS_REC | libc::MS_PRIVATE);
         assert_eq!(opts(&["ro", "rw"]).flags, 0);
         assert_eq!(opts(&["slave"]).propagation, libc::MS_SLAVE);
+    }
+
+    #[test]
+    fn guest_tunables_reach_the_process_env() {
+        let t = "glibc.cpu.hwcaps=-AVX2";
+        let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Not on a PVM host: the environment is the spec's, untouched.
+        assert_eq!(with_guest_tunables(env(&["A=1"]), None), env(&["A=1"]));
+        assert_eq!(with_guest_tunables(env(&["A=1"]), Some("")), env(&["A=1"]));
+        assert_eq!(
+            with_guest_tunables(env(&["A=1"]), Some(t)),
+            env(&["A=1", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"])
+        );
+        // The process's own tunables are kept, ours appended.
+        assert_eq!(
+            with_guest_tunables(env(&["GLIBC_TUNABLES=glibc.malloc.check=3"]), Some(t)),
+            env(&["GLIBC_TUNABLES=glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2"])
+        );
+        assert_eq!(
+            with_guest_tunables(env(&["GLIBC_TUNABLES="]), Some(t)),
+            env(&["GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"])
+        );
+        // Its own hwcaps choice wins; a variable that merely starts alike is not it.
+        let own = env(&["GLIBC_TUNABLES=glibc.cpu.hwcaps=-ERMS"]);
+        assert_eq!(with_guest_tunables(own.clone(), Some(t)), own);
+        assert_eq!(
+            with_guest_tunables(env(&["GLIBC_TUNABLESX=1"]), Some(t)),
+            env(&["GLIBC_TUNABLESX=1", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"])
+        );
     }
 
     #[test]
