@@ -70,21 +70,23 @@ impl std::fmt::Display for Output {
 /// and slow, and PVM hosts emulate guest ring 0.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
+/// Reads what is left of a child's pipe on a thread; empty if the caller took the pipe
+/// (to follow it line by line) or it was never piped.
+fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    })
+}
+
 /// Waits for `child` up to `deadline`, killing it (and failing the test) past that.
 pub fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
     let start = Instant::now();
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let t_out = collect(child.stdout.take());
+    let t_err = collect(child.stderr.take());
     let status = loop {
         if let Some(st) = child.try_wait().expect("waiting for capsa") {
             break st;
