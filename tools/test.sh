@@ -35,5 +35,12 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace -- --test-threads=2
 
+step "the README's main job (tools/run-container.sh)"
+out=$(bash tools/run-container.sh)
+[[ $out == "hello from a capsa container: Linux "*" on capsa" ]] || {
+	echo "tools/run-container.sh printed: $out" >&2
+	exit 1
+}
+
 step "fuzz targets, 20 s each (devices/fuzz/README.md)"
 bash devices/fuzz/run-all.sh 20
