@@ -254,7 +254,7 @@ pub fn main(args: &[String]) -> ExitCode {
             "xcr0 {xcr0_text}: libc memcpy; {total} rounds, {corrupted} with a corrupted copy"
         ),
     }
-    if bad + w_bad > 0 {
+    if corrupted > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
