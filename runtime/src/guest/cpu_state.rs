@@ -68,19 +68,24 @@ unsafe fn ymm_round(v: u64) -> bool {
     out.iter().all(|&w| w == v)
 }
 
-/// Spins rounds for `d` with patterns derived from `id`; returns (rounds, corrupted rounds).
-fn spin(d: Duration, id: u64) -> (u64, u64) {
+/// Runs `round` with patterns derived from `id` for `d`; returns (rounds, corrupted rounds).
+fn spin_rounds(d: Duration, id: u64, mut round: impl FnMut(u64) -> bool) -> (u64, u64) {
     let salt = id.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let start = Instant::now();
     let (mut rounds, mut bad) = (0u64, 0u64);
     while start.elapsed() < d {
-        // SAFETY: only called once XCR0 shows the OS enabled AVX state.
-        if !unsafe { ymm_round(salt ^ rounds) } {
+        if !round(salt ^ rounds) {
             bad += 1;
         }
         rounds += 1;
     }
     (rounds, bad)
+}
+
+/// YMM7 rounds for `d`; returns (rounds, corrupted rounds).
+fn spin(d: Duration, id: u64) -> (u64, u64) {
+    // SAFETY: only called once XCR0 shows the OS enabled AVX state.
+    spin_rounds(d, id, |v| unsafe { ymm_round(v) })
 }
 
 /// Bytes per libc copy: above the size glibc copies with a few registers, below the one
@@ -122,20 +127,11 @@ enum Mode {
     Libc,
 }
 
-/// Spins libc rounds for `d` with patterns derived from `id`; returns (rounds, corrupted).
+/// libc rounds for `d`; returns (rounds, corrupted rounds).
 fn spin_libc(d: Duration, id: u64) -> (u64, u64) {
-    let salt = id.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let words = LIBC_COPY / 8;
     let (mut src, mut dst) = (vec![0u64; words], vec![0u64; words]);
-    let start = Instant::now();
-    let (mut rounds, mut bad) = (0u64, 0u64);
-    while start.elapsed() < d {
-        if !libc_round(&mut src, &mut dst, salt ^ rounds) {
-            bad += 1;
-        }
-        rounds += 1;
-    }
-    (rounds, bad)
+    spin_rounds(d, id, |v| libc_round(&mut src, &mut dst, v))
 }
 
 fn parse_secs(arg: Option<String>) -> Result<Duration, String> {
